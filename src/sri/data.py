@@ -1,0 +1,135 @@
+"""Prompt records and loaders.
+
+A prompt source is either a file — JSONL with a ``prompt`` field (optional ``id``, ``label``, any other fields
+kept as metadata), CSV with a ``prompt`` column, or TXT with one prompt per line — or the name of an offline
+dataset fetched by ``sri assets fetch --data`` (``advbench``, ``harmless``, … see ``sri assets list``).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .assets import DATASETS, dataset_path
+from .errors import SriError
+from .io import read_jsonl
+
+_CORE_FIELDS = ("id", "prompt", "label", "source")
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt to generate from. ``id`` is unique within a run and is what resuming keys on."""
+
+    id: str
+    prompt: str
+    label: str = "unlabelled"
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        return {"id": self.id, "prompt": self.prompt, "label": self.label, "source": self.source, **self.meta}
+
+
+def load_prompts(
+    source: str | Path,
+    *,
+    label: str | None = None,
+    max_prompts: int | None = None,
+    offset: int = 0,
+    shuffle_seed: int | None = None,
+) -> list[PromptRecord]:
+    """Load prompts from a file or an offline dataset name, validated (non-empty text, unique ids).
+
+    ``shuffle_seed`` shuffles deterministically before ``offset``/``max_prompts`` select a slice, so disjoint
+    slices of one shuffled set (e.g. anchor prompts vs evaluation prompts) never overlap.
+    """
+    path = Path(source)
+    if path.is_file():
+        rows, default_source = _read_file(path), path.stem
+    elif str(source) in DATASETS:
+        rows, default_source = read_jsonl(dataset_path(str(source))), str(source)
+    elif path.suffix in {".jsonl", ".json", ".csv", ".txt"} or path.parent != Path("."):
+        raise SriError(f"prompt file {source} does not exist; check the path")
+    else:
+        raise SriError(f"'{source}' is neither a prompt file nor an offline dataset; "
+                       f"use a JSONL/CSV/TXT file or one of: {', '.join(DATASETS)}")
+    records = [_to_record(row, i, path, default_source, label) for i, row in enumerate(rows)]
+    if not records:
+        raise SriError(f"{source} holds no prompts; add at least one")
+    _check_unique(records, source)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(records)
+    end = None if max_prompts is None else offset + max_prompts
+    return records[offset:end]
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".json"}:
+        rows = read_jsonl(path)
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+                raise SriError(f"{path} has no 'prompt' column; the CSV header must name one")
+            rows = list(reader)
+    elif suffix == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = [{"prompt": line} for line in lines if line.strip()]
+    else:
+        raise SriError(f"{path}: unsupported prompt file type '{suffix}'; use .jsonl, .csv or .txt")
+    return rows
+
+
+def _to_record(row: dict[str, Any], index: int, path: Path, source: str, label: str | None) -> PromptRecord:
+    text = row.get("prompt")
+    if not isinstance(text, str):
+        raise SriError(f"{path.name} row {index + 1} has no 'prompt' text field; every row needs one")
+    if not text.strip():
+        raise SriError(f"{path.name} row {index + 1} has an empty prompt; remove it or fill it in")
+    meta = {k: v for k, v in row.items() if k not in _CORE_FIELDS}
+    return PromptRecord(
+        id=str(row.get("id") if row.get("id") not in (None, "") else f"{source}-{index:05d}"),
+        prompt=text,
+        label=label or str(row.get("label") or "unlabelled"),
+        source=str(row.get("source") or source),
+        meta=meta,
+    )
+
+
+def _check_unique(records: Sequence[PromptRecord], source: str | Path) -> None:
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise SriError(f"{source}: prompt id '{r.id}' appears twice; ids must be unique")
+        seen.add(r.id)
+
+
+def load_template(name: str) -> str:
+    """A jailbreak template (with its ``{{ prompt }}`` slot) from the offline pyrit set, by id or name."""
+    for row in read_jsonl(dataset_path("jailbreak-templates")):
+        if name in (row["id"], row["name"]):
+            if not row["has_slot"]:
+                raise SriError(f"template '{name}' has no {{{{ prompt }}}} slot; choose another")
+            return row["template"]
+    raise SriError(f"jailbreak template '{name}' is unknown; list them in $SRI_HOME/data/jailbreak-templates.jsonl")
+
+
+def fill_template(template: str, prompt: str) -> str:
+    """Put ``prompt`` into the template's ``{{ prompt }}`` slot(s)."""
+    return template.replace("{{ prompt }}", prompt).replace("{{prompt}}", prompt).strip()
+
+
+def wrap_records(records: Sequence[PromptRecord], template: str, attack: str,
+                 label: str = "jailbreak") -> list[PromptRecord]:
+    """The same behaviours wrapped by a template; each keeps its source id in ``meta['behavior_id']``."""
+    return [
+        PromptRecord(id=f"{attack}:{r.id}", prompt=fill_template(template, r.prompt), label=label,
+                     source=r.source, meta={**r.meta, "behavior_id": r.id, "behavior": r.prompt, "attack": attack})
+        for r in records
+    ]

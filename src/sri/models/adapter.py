@@ -1,0 +1,193 @@
+"""The model adapter: one object that knows a loaded model's layers, chat template, device and identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import SriError
+
+#: The system prompt of the paper's protocol (PAPER.md, "Definitions").
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a model family keeps its parts, as attribute paths from the loaded model object.
+
+    ``kind`` is ``"causal"`` (autoregressive) or ``"masked-diffusion"``. Hidden-state index ``i`` follows the
+    Hugging Face ``output_hidden_states`` convention: 0 = embedding output, ``i`` = output of block ``i``
+    (1-based), ``num_layers`` = output of the final norm — the paper's φ.
+    """
+
+    name: str
+    kind: str
+    embed: str
+    blocks: str
+    final_norm: str
+    mask_token_id: int | None = None
+    logit_shift: bool = False  # True: logits at position i-1 predict token i (AR-initialised diffusion LMs)
+
+
+def get_attr_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class ModelAdapter:
+    """A loaded model plus what the tracer needs to know about it."""
+
+    model: nn.Module
+    tokenizer: Any
+    family: Family
+    name: str
+    fingerprint: str
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------------------------------- structure
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return get_attr_path(self.model, self.family.blocks)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(get_attr_path(self.model, self.family.embed).weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def resolve_layers(self, spec: str | list[str] | list[int]) -> list[int]:
+        """Turn ``"final"``, ``"mid"``, ``"first"``, ``"0"``, ``"-1"``, ``"final,mid"`` into hidden-state indices.
+
+        Indices follow ``output_hidden_states``: 0 = embeddings, i = block i, L = final norm (= ``-1`` = ``final``).
+        """
+        items = spec.split(",") if isinstance(spec, str) else [str(s) for s in spec]
+        n = self.num_layers
+        named = {"final": n, "last": n, "mid": n // 2, "middle": n // 2, "first": 1, "embed": 0}
+        out: list[int] = []
+        for raw in (s.strip() for s in items):
+            if raw in named:
+                idx = named[raw]
+            else:
+                try:
+                    idx = int(raw)
+                except ValueError:
+                    raise SriError(f"layer '{raw}' is not understood; use an index in [-{n + 1}, {n}] "
+                                   "or final / mid / first / embed") from None
+                if not -(n + 1) <= idx <= n:
+                    raise SriError(f"layer {idx} is out of range for a {n}-layer model; "
+                                   f"use an index in [-{n + 1}, {n}]")
+                idx %= n + 1
+            if idx not in out:
+                out.append(idx)
+        if not out:
+            raise SriError("no layer given; use e.g. --layers final")
+        return out
+
+    def layer_module(self, index: int) -> nn.Module:
+        """The module whose forward output *is* hidden state ``index``."""
+        if index == 0:
+            return get_attr_path(self.model, self.family.embed)
+        if index == self.num_layers:
+            return get_attr_path(self.model, self.family.final_norm)
+        return self.blocks[index - 1]
+
+    # ----------------------------------------------------------------------------------------- prompts
+    def render(self, prompt: str) -> str:
+        """The exact text the model sees: chat template with the system prompt and the generation prompt.
+
+        Models without a chat template get a plain ``System/User/Assistant`` layout.
+        """
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            messages = [{"role": "user", "content": prompt}]
+            if self.system_prompt:
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            try:
+                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception:  # templates that reject a system turn (e.g. Gemma): fold it into the user turn
+                merged = f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
+                return tok.apply_chat_template([{"role": "user", "content": merged}], tokenize=False,
+                                               add_generation_prompt=True)
+        head = f"{self.system_prompt}\n\n" if self.system_prompt else ""
+        return f"{head}User: {prompt}\nAssistant:"
+
+    @property
+    def uses_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode(self, rendered: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``input_ids`` and ``attention_mask`` on the model's device."""
+        enc = self.tokenizer(rendered, return_tensors="pt", padding=True,
+                             add_special_tokens=not self.uses_chat_template)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def count_tokens(self, rendered: str) -> int:
+        return len(self.tokenizer(rendered, add_special_tokens=not self.uses_chat_template)["input_ids"])
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        for source in (getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(int(i) for i in source)
+        return sorted(ids)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.eos_token_ids[0])
+
+    # ----------------------------------------------------------------------------------------- identity
+    def key(self) -> dict[str, Any]:
+        """The model part of every artefact's compatibility key."""
+        return {"model": self.name, "fingerprint": self.fingerprint, "family": self.family.name,
+                "num_layers": self.num_layers, "hidden_size": self.hidden_size}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.key(), "kind": self.family.kind, "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."), "system_prompt": self.system_prompt,
+                "chat_template": self.uses_chat_template, **self.extra}
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Identity of a local model folder without hashing gigabytes.
+
+    Offline assets carry the sha256 of their source GGUF; other folders are fingerprinted by their config and the
+    name, size and first MiB of every weight file.
+    """
+    asset = folder / "sri_asset.json"
+    if asset.is_file():
+        return "gguf-sha256:" + json.loads(asset.read_text())["gguf_sha256"]
+    h = hashlib.sha256()
+    config = folder / "config.json"
+    if config.is_file():
+        h.update(config.read_bytes())
+    for f in sorted(folder.glob("*")):
+        if f.suffix in {".safetensors", ".bin", ".pt", ".gguf"}:
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(1 << 20))
+    return "folder-sha256:" + h.hexdigest()[:32]

@@ -1,0 +1,97 @@
+"""Pooling conventions: how per-forward hidden states become the step representation φ_t ∈ R^D.
+
+Both conventions of the authors' code are available and every trace records which one it used:
+
+- ``producing`` (AR, authors' AR code): φ_t = mean_{s≤t} h(position that produces token s); step 1 is the last
+  prompt token.
+- ``generated`` (AR, the paper's text "mean over generated tokens"): φ_t = mean_{s≤t} h(position of token s).
+- ``all-slots`` (diffusion, authors' diffusion code): φ_t = mean over every response slot at forward t,
+  still-masked slots included.
+- ``committed`` (diffusion): φ_t = mean over the response slots already committed at forward t (all slots at a
+  step where none is committed yet).
+
+After a sequence ends (EOS or a guard stop) at step t_e, φ_t = φ_{t_e} for t > t_e, as the authors' code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import SriError
+from .sampling.base import StepEvent, StepObserver
+
+
+@dataclass(frozen=True)
+class Pooling:
+    name: str
+    sampler_kinds: tuple[str, ...]
+    description: str
+    offset: int  # which forward holds the first state: 0 → forward 1, 1 → forward 2 (AR 'generated')
+    running_mean: bool
+
+
+POOLINGS: dict[str, Pooling] = {
+    p.name: p
+    for p in (
+        Pooling("producing", ("ar",), "running mean of the state that produces each token (authors' AR code)", 0,
+                True),
+        Pooling("generated", ("ar",), "running mean of the states of the generated tokens (paper's text)", 1, True),
+        Pooling("all-slots", ("diffusion",), "mean over all response slots, masked included (authors' code)", 0,
+                False),
+        Pooling("committed", ("diffusion",), "mean over the committed response slots only", 0, False),
+    )
+}
+
+DEFAULT_POOLING = {"ar": "producing", "diffusion": "all-slots"}
+
+
+def get_pooling(name: str | None, sampler_kind: str) -> Pooling:
+    """The pooling convention ``name`` (or the sampler's default), checked against the sampler kind."""
+    name = name or DEFAULT_POOLING[sampler_kind]
+    if name not in POOLINGS:
+        raise SriError(f"pooling '{name}' is unknown; use one of {', '.join(POOLINGS)}")
+    pooling = POOLINGS[name]
+    if sampler_kind not in pooling.sampler_kinds:
+        ok = [p for p, v in POOLINGS.items() if sampler_kind in v.sampler_kinds]
+        raise SriError(f"pooling '{name}' does not apply to the {sampler_kind} sampler; use one of {', '.join(ok)}")
+    return pooling
+
+
+def pool_steps(forwards: torch.Tensor, end_step: list[int], steps: int, pooling: Pooling) -> torch.Tensor:
+    """φ ``[B, T, D]`` from per-forward states ``[F, B, D]`` under ``pooling``.
+
+    Running mean: φ_t = (1/t) Σ_{s=1..t} h_{s+offset}; otherwise φ_t = h_t. Steps past a sequence's end repeat
+    its last value.
+    """
+    states = forwards[pooling.offset:]
+    need = max(end_step)
+    if states.shape[0] < need:
+        raise RuntimeError(f"pooling '{pooling.name}' needs {need} states, got {states.shape[0]}")
+    states = states[:need]
+    if pooling.running_mean:
+        counts = torch.arange(1, need + 1, dtype=states.dtype).view(-1, 1, 1)
+        states = states.cumsum(0) / counts
+    t = torch.arange(1, steps + 1).view(-1, 1)  # [T, 1]
+    idx = torch.minimum(t, torch.tensor(end_step).view(1, -1)) - 1  # [T, B]
+    gathered = states.gather(0, idx.unsqueeze(-1).expand(-1, -1, states.shape[-1]))  # [T, B, D]
+    return gathered.transpose(0, 1).contiguous()
+
+
+class StateCollector(StepObserver):
+    """Keeps each forward's pooled ``[B, D]`` states (on the CPU) for the layers being traced."""
+
+    def __init__(self, layers: list[int]) -> None:
+        self.layers = layers
+        self.forwards: dict[int, list[torch.Tensor]] = {}
+
+    def on_start(self, batch_size: int, prompt_lengths: list[int]) -> None:
+        self.forwards = {layer: [] for layer in self.layers}
+
+    def on_step(self, event: StepEvent) -> None:
+        for layer in self.layers:
+            self.forwards[layer].append(event.states[layer].cpu())
+
+    def pooled(self, end_step: list[int], steps: int, pooling: Pooling) -> dict[int, torch.Tensor]:
+        return {layer: pool_steps(torch.stack(h), end_step, steps, pooling) for layer, h in self.forwards.items()}

@@ -1,0 +1,83 @@
+"""SRI trajectory figures."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..io import atomic_path  # noqa: E402
+
+COMPLY_COLOUR, REFUSE_COLOUR = "#e8f5e9", "#fdecea"
+_PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+
+
+def group_name(row: dict[str, Any]) -> str:
+    """``label · refused`` / ``label · answered`` by the keyword judge of the final text."""
+    return f"{row['label']} · {'refused' if row['refused'] else 'answered'}"
+
+
+def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title: str = "SRI over generation steps",
+                      reference: Sequence[dict[str, Any]] = (), max_lines: int = 40) -> Path:
+    """Two panels sharing the step axis.
+
+    Top: σ_t of each prompt (thin), each group's mean with its 25–75% band (bold), the compliance (σ > 0.5,
+    green) and refusal (σ < 0.5, red) regions, and dashed reference trajectories — the mean σ of harmless
+    answered and harmful refused prompts from ``reference`` (or from ``rows`` when no reference is given).
+    Bottom: the text-level refusal step signal, as the share of each group whose text has not refused yet.
+    """
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[group_name(r)].append(r)
+    steps = len(rows[0]["sri"])
+    x = np.arange(1, steps + 1)
+    fig, (ax, ax_text) = plt.subplots(2, 1, figsize=(9, 6.6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    ax.axhspan(0.5, 1.02, color=COMPLY_COLOUR, zorder=0)
+    ax.axhspan(-0.02, 0.5, color=REFUSE_COLOUR, zorder=0)
+    ax.axhline(0.5, color="#999999", lw=0.8, ls=":")
+    ax.text(steps + 0.3, 0.75, "compliance", rotation=90, va="center", fontsize=8, color="#2e7d32")
+    ax.text(steps + 0.3, 0.25, "refusal", rotation=90, va="center", fontsize=8, color="#c62828")
+
+    for i, (name, members) in enumerate(sorted(groups.items())):
+        colour = _PALETTE[i % len(_PALETTE)]
+        sig = np.array([m["sri"] for m in members])
+        for s in sig[:max_lines]:
+            ax.plot(x, s, color=colour, lw=0.6, alpha=0.25)
+        q25, q75 = np.percentile(sig, [25, 75], axis=0)
+        ax.fill_between(x, q25, q75, color=colour, alpha=0.15, lw=0)
+        ax.plot(x, sig.mean(0), color=colour, lw=2.2, label=f"{name} (n={len(members)})")
+        text = np.array([m["text_signal"] for m in members])
+        ax_text.step(x, text.mean(0), where="mid", color=colour, lw=1.8)
+
+    ref_rows = reference or rows
+    for label, refused, style in (("harmless", False, "--"), ("harmful", True, "-.")):
+        ref = [r["sri"] for r in ref_rows if r["label"] == label and r["refused"] == refused]
+        if ref:
+            ax.plot(x, np.mean(ref, 0), color="black", lw=1.2, ls=style,
+                    label=f"reference: {label} {'refused' if refused else 'answered'} (n={len(ref)})")
+
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("SRI σ_t  (1 = near harmless anchor)")
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=7.5, framealpha=0.9)
+    ax_text.set_ylim(-0.05, 1.05)
+    ax_text.set_ylabel("text not yet\nrefusing (share)")
+    ax_text.set_xlabel("generation step t")
+    ax_text.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: str | Path) -> Path:
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, format=out.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return out

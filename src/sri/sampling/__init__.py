@@ -1,0 +1,29 @@
+"""Samplers: autoregressive (KV-cached) and masked diffusion, sharing the step-event interface.
+
+Each sampler kind registers how to run a batch and how to turn its result into trace rows; the tracer only
+talks to this registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .ar import ARConfig, ar_rows, sample_ar
+from .base import GenerationResult, HiddenCapture, StepEvent, StepObserver
+
+
+@dataclass(frozen=True)
+class SamplerKind:
+    """``run(adapter, input_ids, attention_mask, config, layers, observers, pooling)`` and
+    ``rows(adapter, result, config)`` for one sampler kind."""
+
+    run: Callable[..., GenerationResult]
+    rows: Callable[..., list[dict[str, Any]]]
+
+
+SAMPLERS: dict[str, SamplerKind] = {"ar": SamplerKind(run=sample_ar, rows=ar_rows)}
+
+__all__ = ["SAMPLERS", "ARConfig", "GenerationResult", "HiddenCapture", "SamplerKind", "StepEvent",
+           "StepObserver", "sample_ar"]

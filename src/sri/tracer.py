@@ -1,0 +1,107 @@
+"""Trace prompts step by step into a :class:`~sri.trace.TraceStore` (batched, resumable)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .data import PromptRecord
+from .errors import SriError
+from .models import ModelAdapter
+from .pooling import StateCollector, get_pooling
+from .progress import progress_bar
+from .sampling import SAMPLERS, ARConfig, StepObserver
+from .trace import TraceStore
+
+DEFAULT_MAX_PROMPT_TOKENS = 4096
+
+
+def trace_key(adapter: ModelAdapter, sampler: Any, layers: list[int], pooling: str) -> dict[str, Any]:
+    """The compatibility key every artefact derived from these traces carries."""
+    m = adapter.key()
+    return {"model": m["model"], "fingerprint": m["fingerprint"], "hidden_size": m["hidden_size"],
+            "num_layers": m["num_layers"], "sampler": sampler.name, "steps": sampler.steps, "pooling": pooling,
+            "layers": layers}
+
+
+def trace_prompts(
+    adapter: ModelAdapter,
+    records: Sequence[PromptRecord],
+    out: str | Path,
+    *,
+    sampler: Any = None,
+    layers: str | list[int] = "final",
+    pooling: str | None = None,
+    batch_size: int = 8,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    observers: Sequence[StepObserver] = (),
+    progress: bool = True,
+    description: str = "tracing",
+) -> TraceStore:
+    """Generate from every prompt, keeping per-step pooled states and texts; skip ids already in ``out``.
+
+    Prompts are checked (length) before anything is written, batched by length to limit padding, and every
+    batch is written as one atomic shard, so an interrupted run resumes without losing or duplicating records.
+    """
+    sampler = sampler or ARConfig()
+    if batch_size <= 0:
+        raise SriError(f"batch size must be positive (got {batch_size})")
+    layer_ids = adapter.resolve_layers(layers)
+    conv = get_pooling(pooling, sampler.kind)
+    rendered = [adapter.render(r.prompt) for r in records]
+    lengths = [adapter.count_tokens(text) for text in rendered]
+    _check_lengths(adapter, records, lengths, max_prompt_tokens, _generation_length(sampler))
+
+    meta = {
+        "key": trace_key(adapter, sampler, layer_ids, conv.name),
+        "settings": {"sampler": sampler.params(), "system_prompt": adapter.system_prompt,
+                     "dtype": str(adapter.dtype).removeprefix("torch."), "layers_requested": str(layers)},
+        "model": adapter.describe(),
+        "pooling": {"name": conv.name, "description": conv.description},
+    }
+    store = TraceStore.create(out, meta)
+    done = store.done_ids()
+    pending = sorted((i for i, r in enumerate(records) if r.id not in done), key=lambda i: lengths[i])
+    kind = SAMPLERS[sampler.kind]
+
+    with progress_bar(description, total=len(records), enabled=progress) as advance:
+        advance(len(records) - len(pending))
+        for start in range(0, len(pending), batch_size):
+            idx = pending[start:start + batch_size]
+            collector = StateCollector(layer_ids)
+            input_ids, mask = adapter.encode([rendered[i] for i in idx])
+            t0 = time.perf_counter()
+            result = kind.run(adapter, input_ids, mask, sampler, layer_ids, [collector, *observers], conv.name)
+            wall = time.perf_counter() - t0
+            states = collector.pooled(result.end_step, sampler.steps, conv)
+            rows = []
+            for j, (i, gen) in enumerate(zip(idx, kind.rows(adapter, result, sampler), strict=True)):
+                rec = records[i]
+                rows.append({
+                    "id": rec.id, "label": rec.label, "source": rec.source, "prompt": rec.prompt,
+                    "rendered_prompt": rendered[i], "num_prompt_tokens": lengths[i], **gen,
+                    "timing": {**result.timings, "wall_s": wall, "batch_size": len(idx), "batch_row": j},
+                    "meta": rec.meta,
+                })
+            store.append(rows, states)
+            advance(len(idx))
+    return store
+
+
+def _generation_length(sampler: Any) -> int:
+    return int(getattr(sampler, "gen_length", sampler.steps))
+
+
+def _check_lengths(adapter: ModelAdapter, records: Sequence[PromptRecord], lengths: list[int], limit: int,
+                   gen_length: int) -> None:
+    max_pos = getattr(adapter.model.config, "max_position_embeddings", None)
+    for rec, n in zip(records, lengths, strict=True):
+        if n > limit:
+            raise SriError(f"prompt '{rec.id}' is {n} tokens, over the limit of {limit}; shorten it or raise "
+                           "--max-prompt-tokens")
+        if max_pos and n + gen_length > max_pos:
+            raise SriError(f"prompt '{rec.id}' ({n} tokens) plus {gen_length} generated tokens exceeds the "
+                           f"model's context of {max_pos}; shorten the prompt")
+
