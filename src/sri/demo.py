@@ -98,7 +98,7 @@ def _auroc(positive: list[float], negative: list[float]) -> float | None:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"
     lines = ["| group | n | refusal rate | mean final σ | mean final σ (refused) | mean final σ (answered) |",
              "|---|---:|---:|---:|---:|---:|"]
     for g in summary["groups"]:

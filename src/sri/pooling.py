@@ -83,7 +83,7 @@ class StateCollector(StepObserver):
     """Keeps each forward's pooled ``[B, D]`` states (on the CPU) for the layers being traced."""
 
     def __init__(self, layers: list[int]) -> None:
-        self.layers = layers
+        self.layers = list(dict.fromkeys(layers))
         self.forwards: dict[int, list[torch.Tensor]] = {}
 
     def on_start(self, batch_size: int, prompt_lengths: list[int]) -> None:

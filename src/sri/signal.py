@@ -115,7 +115,8 @@ def fit_anchors(harmless: TraceStore, harmful: TraceStore, *, judge: Callable[[s
                 layers: list[int] | None = None) -> Anchors:
     """μ_t^harmless = mean φ_t over harmless traces the judge does *not* call refusals; μ_t^harmful = mean φ_t
     over harmful traces it *does*. Fails loudly if either set is empty or the folders are incompatible."""
-    check_compatible(harmless.key, harmful.key, f"harmless traces {harmless.folder}", f"harmful traces {harmful.folder}")
+    check_compatible(harmless.key, harmful.key, f"harmless traces {harmless.folder}",
+                     f"harmful traces {harmful.folder}")
     layers = layers or [layer for layer in harmless.layers if layer in harmful.layers]
     if not layers:
         raise IncompatibleError(f"{harmless.folder} and {harmful.folder} share no traced layer; trace both with "

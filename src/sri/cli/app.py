@@ -1,0 +1,36 @@
+"""The typer application, consoles and helpers shared by every command module."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Step-wise refusal dynamics: trace generation, compute the SRI signal, analyse, guard.")
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Offline short name, local HF folder or Hub id.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16 or fp16.")]
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' info logs and its own progress bars (ours are shown instead)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_adapter(model: str, device: str, dtype: str, system_prompt: str | None, **kwargs: Any):
+    """Load a model with a spinner; ``kwargs`` go to :func:`sri.models.load_model`."""
+    from ..models import load_model
+
+    quiet_transformers()
+    with err.status(f"loading {model} …"):
+        return load_model(model, device=device, dtype=dtype, system_prompt=system_prompt or None, **kwargs)
