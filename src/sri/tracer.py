@@ -39,6 +39,7 @@ def trace_prompts(
     observers: Sequence[StepObserver] = (),
     progress: bool = True,
     description: str = "tracing",
+    extra_settings: dict[str, Any] | None = None,
 ) -> TraceStore:
     """Generate from every prompt, keeping per-step pooled states and texts; skip ids already in ``out``.
 
@@ -57,7 +58,8 @@ def trace_prompts(
     meta = {
         "key": trace_key(adapter, sampler, layer_ids, conv.name),
         "settings": {"sampler": sampler.params(), "system_prompt": adapter.system_prompt,
-                     "dtype": str(adapter.dtype).removeprefix("torch."), "layers_requested": str(layers)},
+                     "dtype": str(adapter.dtype).removeprefix("torch."), "layers_requested": str(layers),
+                     **(extra_settings or {})},
         "model": adapter.describe(),
         "pooling": {"name": conv.name, "description": conv.description},
     }
@@ -76,6 +78,7 @@ def trace_prompts(
             result = kind.run(adapter, input_ids, mask, sampler, layer_ids, [collector, *observers], conv.name)
             wall = time.perf_counter() - t0
             states = collector.pooled(result.end_step, sampler.steps, conv)
+            row_fields = result.extra.get("row_fields") or [{} for _ in idx]
             rows = []
             for j, (i, gen) in enumerate(zip(idx, kind.rows(adapter, result, sampler), strict=True)):
                 rec = records[i]
@@ -83,7 +86,7 @@ def trace_prompts(
                     "id": rec.id, "label": rec.label, "source": rec.source, "prompt": rec.prompt,
                     "rendered_prompt": rendered[i], "num_prompt_tokens": lengths[i], **gen,
                     "timing": {**result.timings, "wall_s": wall, "batch_size": len(idx), "batch_row": j},
-                    "meta": rec.meta,
+                    "meta": rec.meta, **row_fields[j],
                 })
             store.append(rows, states)
             advance(len(idx))

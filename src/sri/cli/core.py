@@ -69,6 +69,9 @@ def trace(
     top_p: Annotated[float, typer.Option(help="1 = off.")] = 1.0,
     system_prompt: Annotated[str, typer.Option(help="System prompt ('' for none).")] = "You are a helpful assistant",
     max_prompt_tokens: Annotated[int, typer.Option(help="Reject longer prompts.")] = 4096,
+    guard: Annotated[Path | None, typer.Option(help="Guard folder (`sri guard fit`): flag and stop sequences "
+                                                     "while generating; verdicts go into the rows.")] = None,
+    guard_stop: Annotated[bool, typer.Option(help="Stop flagged sequences (--no-guard-stop: only flag).")] = True,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
@@ -80,9 +83,19 @@ def trace(
     sampler = ARConfig(steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     records = load_prompts(prompts, label=label, max_prompts=max_prompts)
     adapter = load_adapter(model, device, dtype, system_prompt)
+    observers, extra = [], None
+    if guard is not None:
+        from .guard.cli_support import attach_guard
+
+        observers, extra = attach_guard(guard, adapter, sampler, layers, pooling, guard_stop)
     store = trace_prompts(adapter, records, out_dir, sampler=sampler, layers=layers, pooling=pooling,
-                          batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
+                          batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, observers=observers,
+                          extra_settings=extra)
     err.print(f"[green]{len(store)} traces[/] in {out_dir} (layers {store.layers}, pooling {store.key['pooling']})")
+    if guard is not None:
+        flagged = [r for r in store.rows() if r.get("guard", {}).get("flagged")]
+        stopped = sum(r["guard"]["stop_step"] is not None for r in flagged)
+        err.print(f"guard: {len(flagged)}/{len(store)} flagged, {stopped} stopped early")
 
 
 # ----------------------------------------------------------------------------------------------- judge

@@ -1,0 +1,319 @@
+"""SRI Guard: one-class detectors on benign SRI signals, a calibrated threshold, and a key it refuses to leave.
+
+A guard holds one detector per signal prefix length t (σ_1 … σ_t); the one for t = T is the paper's offline
+guard, the shorter ones let the streaming guard decide while the model is still generating.
+
+- Offline threshold: τ = q-quantile (default q = 0.99) of the full-signal scores of held-out benign
+  calibration signals; a signal is flagged when its score exceeds τ.
+- Streaming thresholds τ_t, one per prefix: ``per-prefix`` puts each at the same q-quantile of the calibration
+  scores of that prefix; ``union`` (default) raises the common quantile level q' ≥ q until the share of benign
+  calibration signals flagged at *any* prefix is ≤ 1 − q, so stopping early costs no more false positives than
+  the offline guard's nominal rate.
+
+Only benign signals are used to fit and calibrate; rows labelled ``harmful`` or ``jailbreak`` are refused.
+Files: ``DIR/guard.safetensors`` (detector arrays, optional anchors) and ``DIR/guard.json`` (key, thresholds,
+detector settings, the tensors' sha256); no pickle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from .. import __version__
+from ..errors import IncompatibleError, SriError
+from ..io import atomic_path, read_json, write_json
+from ..signal import Anchors
+from ..trace import KEY_FIELDS
+from .detectors import Detector, make_detector
+
+GUARD_FORMAT = "sri-guard/1"
+#: what a signal's key must share with the guard's before the guard scores it
+SIGNAL_KEY_FIELDS = (*KEY_FIELDS, "layer")
+NOT_BENIGN_LABELS = frozenset({"harmful", "jailbreak"})
+DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
+STREAM_MODES = ("union", "per-prefix", "off")
+
+
+@dataclass
+class StepAnchors:
+    """The anchors μ_t^harmless, μ_t^harmful ``[T, D]`` of the guard's layer, with τ and ε of the SRI formula."""
+
+    harmless: torch.Tensor
+    harmful: torch.Tensor
+    tau: float
+    eps: float
+
+
+@dataclass
+class Guard:
+    """Fitted detectors per prefix length, their thresholds and the signal key they were fitted under."""
+
+    detectors: dict[int, Detector]
+    threshold: float
+    stream_thresholds: dict[int, float]
+    quantile: float
+    key: dict[str, Any]
+    anchors: StepAnchors | None = None  # needed to compute σ_t inside generation
+    refusal_text: str = DEFAULT_REFUSAL
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return int(self.key["steps"])
+
+    @property
+    def detector(self) -> Detector:
+        """The full-signal detector (prefix t = T): the paper's offline SRI Guard."""
+        return self.detectors[self.steps]
+
+    @property
+    def kind(self) -> str:
+        return self.detector.kind
+
+    @property
+    def prefixes(self) -> list[int]:
+        return sorted(self.stream_thresholds)
+
+    # ------------------------------------------------------------------------------------------ checks
+    def check_key(self, key: dict[str, Any], what: str = "signals") -> None:
+        """One-line :class:`IncompatibleError` if ``key`` differs from the guard's in model, sampler, steps,
+        pooling, hidden size or layer."""
+        for f in SIGNAL_KEY_FIELDS:
+            if key.get(f) != self.key.get(f):
+                raise IncompatibleError(
+                    f"{what} and the guard differ in {f} ({key.get(f)!r} vs guard {self.key.get(f)!r}); fit a guard "
+                    "on signals of the same model, layer, pooling, steps and sampler")
+
+    # ------------------------------------------------------------------------------------------ offline use
+    def score(self, signals: np.ndarray) -> np.ndarray:
+        """Full-signal anomaly scores ``[N]`` of signals ``[N, T]``."""
+        return self.detector.score(signals)
+
+    def flag(self, signals: np.ndarray) -> np.ndarray:
+        """True where the full-signal score exceeds the threshold."""
+        return self.score(signals) > self.threshold
+
+    def prefix_scores(self, signals: np.ndarray) -> dict[int, np.ndarray]:
+        """Score of every streaming prefix: ``{t: score of σ_1..σ_t}``."""
+        x = np.asarray(signals, dtype=np.float64)
+        return {t: self.detectors[t].score(x[:, :t]) for t in self.prefixes}
+
+    def first_flag(self, signals: np.ndarray) -> np.ndarray:
+        """The first prefix length t whose score exceeds τ_t (0 where none does): what the streaming guard does
+        when it watches these signals step by step."""
+        if not self.stream_thresholds:
+            raise SriError("this guard was fitted without streaming detectors; refit with --stream union")
+        x = np.asarray(signals, dtype=np.float64)
+        first = np.zeros(len(x), dtype=np.int64)
+        for t, s in self.prefix_scores(x).items():
+            hit = (s > self.stream_thresholds[t]) & (first == 0)
+            first[hit] = t
+        return first
+
+    # ------------------------------------------------------------------------------------------ files
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/guard.safetensors`` then ``folder/guard.json`` (the JSON names the tensors' hash)."""
+        folder = Path(folder)
+        tensors: dict[str, np.ndarray] = {}
+        for t, det in self.detectors.items():
+            for name, arr in det.state().items():
+                tensors[f"prefix.{t}.{name}"] = np.ascontiguousarray(np.asarray(arr))
+        if self.anchors is not None:
+            tensors["anchors.harmless"] = self.anchors.harmless.float().numpy()
+            tensors["anchors.harmful"] = self.anchors.harmful.float().numpy()
+        weights = folder / "guard.safetensors"
+        with atomic_path(weights) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": GUARD_FORMAT})
+        meta = {
+            "format": GUARD_FORMAT, "key": self.key, "quantile": self.quantile, "threshold": self.threshold,
+            "stream_thresholds": {str(t): v for t, v in self.stream_thresholds.items()},
+            "detectors": {str(t): d.config() for t, d in self.detectors.items()},
+            "anchors": None if self.anchors is None else {"tau": self.anchors.tau, "eps": self.anchors.eps},
+            "refusal_text": self.refusal_text,
+            "tensors_sha256": _sha256(weights), **self.info,
+        }
+        write_json(folder / "guard.json", meta)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Guard:
+        folder = Path(folder)
+        meta_file, weights = folder / "guard.json", folder / "guard.safetensors"
+        if not meta_file.is_file() or not weights.is_file():
+            raise SriError(f"{folder} is not a guard folder (guard.json / guard.safetensors missing); "
+                           "create one with `sri guard fit`")
+        meta = read_json(meta_file)
+        if meta.get("format") != GUARD_FORMAT:
+            raise SriError(f"{meta_file} has format {meta.get('format')!r}, expected {GUARD_FORMAT}; "
+                           "refit with `sri guard fit`")
+        if _sha256(weights) != meta.get("tensors_sha256"):
+            raise SriError(f"{weights} does not match {meta_file.name} (a partial or mixed write?); "
+                           "refit with `sri guard fit`")
+        raw = load_file(str(weights))
+        detectors = {}
+        for t_str, config in meta["detectors"].items():
+            prefix = f"prefix.{t_str}."
+            state = {k.removeprefix(prefix): v for k, v in raw.items() if k.startswith(prefix)}
+            detectors[int(t_str)] = Detector.rebuild(config, state)
+        anchors = None
+        if meta.get("anchors"):
+            anchors = StepAnchors(torch.from_numpy(raw["anchors.harmless"]), torch.from_numpy(raw["anchors.harmful"]),
+                                  float(meta["anchors"]["tau"]), float(meta["anchors"]["eps"]))
+        known = {"format", "key", "quantile", "threshold", "stream_thresholds", "detectors", "anchors",
+                 "refusal_text", "tensors_sha256"}
+        return cls(detectors=detectors, threshold=float(meta["threshold"]),
+                   stream_thresholds={int(t): float(v) for t, v in meta["stream_thresholds"].items()},
+                   quantile=float(meta["quantile"]), key=meta["key"], anchors=anchors,
+                   refusal_text=meta["refusal_text"], info={k: v for k, v in meta.items() if k not in known})
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+def signal_matrix(rows: Sequence[dict[str, Any]], what: str, field_name: str = "sri") -> tuple[np.ndarray,
+                                                                                              dict[str, Any]]:
+    """``[N, T]`` signals of ``sri signal`` rows and their shared key; one-line errors for anything else."""
+    if not rows:
+        raise SriError(f"{what} hold no signals; create them with `sri signal`")
+    key = rows[0].get("key")
+    for i, r in enumerate(rows):
+        if not isinstance(r.get(field_name), list) or not isinstance(r.get("key"), dict):
+            raise SriError(f"{what} row {i + 1} lacks '{field_name}' or 'key'; it is not a `sri signal` row")
+        if r["key"] != key:
+            raise IncompatibleError(f"{what} mix signals with different keys (row {i + 1}); use one model, layer, "
+                                    "pooling and step count per file")
+    lengths = {len(r[field_name]) for r in rows}
+    if len(lengths) != 1:
+        raise SriError(f"{what} mix signals of lengths {sorted(lengths)}; use one step count per file")
+    return np.asarray([r[field_name] for r in rows], dtype=np.float64), dict(key)  # type: ignore[arg-type]
+
+
+def check_benign(rows: Sequence[dict[str, Any]], what: str) -> None:
+    """The guard never sees harmful or jailbreak data: refuse rows labelled so."""
+    bad = [r.get("id", i) for i, r in enumerate(rows) if str(r.get("label", "")).lower() in NOT_BENIGN_LABELS]
+    if bad:
+        raise SriError(f"{what} contain {len(bad)} rows labelled harmful/jailbreak (e.g. {bad[0]!r}); a guard is "
+                       "fitted and calibrated on benign signals only")
+
+
+def fit_guard(
+    benign: Sequence[dict[str, Any]],
+    calibrate: Sequence[dict[str, Any]],
+    *,
+    detector: str = "ae",
+    quantile: float = 0.99,
+    seed: int = 0,
+    stream: str = "union",
+    min_prefix: int = 1,
+    anchors: Anchors | None = None,
+    refusal_text: str = DEFAULT_REFUSAL,
+    detector_params: dict[str, Any] | None = None,
+    sources: dict[str, str] | None = None,
+) -> Guard:
+    """Fit detectors on ``benign`` signal rows and set thresholds on the held-out ``calibrate`` rows."""
+    if not 0 < quantile < 1:
+        raise SriError(f"quantile must be in (0, 1) (got {quantile}); e.g. 0.99 for a 1% benign flag rate")
+    if stream not in STREAM_MODES:
+        raise SriError(f"stream mode '{stream}' is unknown; use one of {', '.join(STREAM_MODES)}")
+    check_benign(benign, "benign signals")
+    check_benign(calibrate, "calibration signals")
+    x, key = signal_matrix(benign, "benign signals")
+    c, c_key = signal_matrix(calibrate, "calibration signals")
+    for f in SIGNAL_KEY_FIELDS:
+        if key.get(f) != c_key.get(f):
+            raise IncompatibleError(f"benign and calibration signals differ in {f} ({key.get(f)!r} vs "
+                                    f"{c_key.get(f)!r}); compute both with the same anchors and traces settings")
+    if x.shape[1] != c.shape[1]:
+        raise IncompatibleError(f"benign signals have {x.shape[1]} steps, calibration {c.shape[1]}; use one T")
+    ids_fit = {r.get("id") for r in benign}
+    overlap = [r.get("id") for r in calibrate if r.get("id") in ids_fit and r.get("id") is not None]
+    if overlap:
+        raise SriError(f"{len(overlap)} calibration signals are also in the benign fit set (e.g. {overlap[0]!r}); "
+                       "calibrate on held-out prompts")
+    steps = x.shape[1]
+    if not 1 <= min_prefix <= steps:
+        raise SriError(f"min prefix must be in [1, {steps}] (got {min_prefix})")
+    params = detector_params or {}
+    prefixes = list(range(min_prefix, steps + 1)) if stream != "off" else [steps]
+    detectors = {t: make_detector(detector, seed=seed, **params).fit(x[:, :t]) for t in prefixes}
+    cal_scores = {t: detectors[t].score(c[:, :t]) for t in prefixes}
+    threshold = float(np.quantile(cal_scores[steps], quantile))
+    stream_thresholds, level = {}, None
+    if stream == "per-prefix":
+        level = quantile
+        stream_thresholds = {t: float(np.quantile(s, quantile)) for t, s in cal_scores.items()}
+    elif stream == "union":
+        level, stream_thresholds = _union_calibration(cal_scores, quantile)
+    anchor_pair = None if anchors is None else _anchors_for(anchors, key)
+    first = _first(cal_scores, stream_thresholds) if stream_thresholds else None
+    info = {
+        "sri_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "detector_kind": detector,
+        "stream": stream,
+        "stream_level": level,
+        "counts": {"benign": len(x), "calibrate": len(c)},
+        "calibration": {
+            "flag_rate_full": float((cal_scores[steps] > threshold).mean()),
+            "flag_rate_stream": None if first is None else float((first > 0).mean()),
+        },
+        "trained_on": "benign signals only (no harmful or jailbreak data)",
+        "sources": sources or {},
+    }
+    return Guard(detectors=detectors, threshold=threshold, stream_thresholds=stream_thresholds, quantile=quantile,
+                 key=key, anchors=anchor_pair, refusal_text=refusal_text, info=info)
+
+
+def _union_calibration(cal_scores: dict[int, np.ndarray], quantile: float) -> tuple[float, dict[int, float]]:
+    """The smallest common quantile level q' ∈ [q, 1] whose per-prefix thresholds flag at most 1 − q of the
+    calibration signals at any prefix (bisection; the flag rate only falls as q' rises)."""
+    target = 1 - quantile
+
+    def thresholds(level: float) -> dict[int, float]:
+        return {t: float(np.quantile(s, level)) for t, s in cal_scores.items()}
+
+    def rate(level: float) -> float:
+        return float((_first(cal_scores, thresholds(level)) > 0).mean())
+
+    lo, hi = quantile, 1.0
+    if rate(lo) <= target:
+        return lo, thresholds(lo)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if rate(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi, thresholds(hi)
+
+
+def _first(scores: dict[int, np.ndarray], thresholds: dict[int, float]) -> np.ndarray:
+    n = len(next(iter(scores.values())))
+    first = np.zeros(n, dtype=np.int64)
+    for t in sorted(thresholds):
+        hit = (scores[t] > thresholds[t]) & (first == 0)
+        first[hit] = t
+    return first
+
+
+def _anchors_for(anchors: Anchors, key: dict[str, Any]) -> StepAnchors:
+    for f in KEY_FIELDS:
+        if anchors.key.get(f) != key.get(f):
+            raise IncompatibleError(f"anchors and signals differ in {f} ({anchors.key.get(f)!r} vs {key.get(f)!r}); "
+                                    "give the anchors the signals were computed with")
+    layer = key.get("layer")
+    if layer not in anchors.harmless:
+        raise IncompatibleError(f"anchors have no layer {layer} (they have {anchors.layers}); give the anchors the "
+                                "signals were computed with")
+    return StepAnchors(anchors.harmless[layer].float(), anchors.harmful[layer].float(), anchors.tau, anchors.eps)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
