@@ -85,7 +85,7 @@ def trace(
     adapter = load_adapter(model, device, dtype, system_prompt)
     observers, extra = [], None
     if guard is not None:
-        from .guard.cli_support import attach_guard
+        from ..guard.streaming import attach_guard
 
         observers, extra = attach_guard(guard, adapter, sampler, layers, pooling, guard_stop)
     store = trace_prompts(adapter, records, out_dir, sampler=sampler, layers=layers, pooling=pooling,

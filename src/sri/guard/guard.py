@@ -65,6 +65,7 @@ class Guard:
     anchors: StepAnchors | None = None  # needed to compute σ_t inside generation
     refusal_text: str = DEFAULT_REFUSAL
     info: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None  # of guard.safetensors, once saved or loaded
 
     @property
     def steps(self) -> int:
@@ -133,13 +134,15 @@ class Guard:
         weights = folder / "guard.safetensors"
         with atomic_path(weights) as tmp:
             save_file(tensors, str(tmp), metadata={"format": GUARD_FORMAT})
+        self.sha256 = _sha256(weights)
         meta = {
+            **self.info,
             "format": GUARD_FORMAT, "key": self.key, "quantile": self.quantile, "threshold": self.threshold,
             "stream_thresholds": {str(t): v for t, v in self.stream_thresholds.items()},
             "detectors": {str(t): d.config() for t, d in self.detectors.items()},
             "anchors": None if self.anchors is None else {"tau": self.anchors.tau, "eps": self.anchors.eps},
             "refusal_text": self.refusal_text,
-            "tensors_sha256": _sha256(weights), **self.info,
+            "tensors_sha256": self.sha256,
         }
         write_json(folder / "guard.json", meta)
         return folder
@@ -173,7 +176,8 @@ class Guard:
         return cls(detectors=detectors, threshold=float(meta["threshold"]),
                    stream_thresholds={int(t): float(v) for t, v in meta["stream_thresholds"].items()},
                    quantile=float(meta["quantile"]), key=meta["key"], anchors=anchors,
-                   refusal_text=meta["refusal_text"], info={k: v for k, v in meta.items() if k not in known})
+                   refusal_text=meta["refusal_text"], info={k: v for k, v in meta.items() if k not in known},
+                   sha256=meta["tensors_sha256"])
 
 
 # ------------------------------------------------------------------------------------------------ fitting

@@ -398,3 +398,17 @@ def replay(guard: Guard, signals: np.ndarray, end_steps: list[int], ended_by: li
         live = s <= guard.steps and (s < end or (s == end and why != "eos"))
         out.append(Verdict(True, t, s if live else None, "during" if live else "after"))
     return out
+
+
+def attach_guard(folder: str | Path, adapter: ModelAdapter, sampler: Any, layers: str | list[int],
+                 pooling: str | None, stop: bool = True) -> tuple[list[StepObserver], dict[str, Any]]:
+    """A checked :class:`GuardObserver` for a tracing run, and the settings entry that records it."""
+    from ..pooling import get_pooling
+
+    guard = Guard.load(folder)
+    observer = GuardObserver(guard, stop=stop)
+    observer.check_compatible(adapter, sampler, get_pooling(pooling, sampler.kind).name,
+                              adapter.resolve_layers(layers))
+    settings = {"guard": {"folder": str(folder), "tensors_sha256": guard.sha256,
+                          "detector": guard.kind, "stop": stop}}
+    return [observer], settings

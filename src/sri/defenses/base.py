@@ -1,0 +1,114 @@
+"""What every defense shares: score rows (prompt, response, …) → higher = more suspicious, flag, and time it.
+
+A row is a dict with at least ``prompt`` (the user's text) and, after the base generation, ``response``; the
+SRI Guard also reads ``sri``. A defense's ``seconds`` is the wall time it adds on top of the base generation
+(for SmoothLLM, which generates again, that is its whole run).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import SriError
+from ..models.adapter import ModelAdapter
+
+
+@dataclass
+class DefenseResult:
+    """Per row: ``scores`` (higher = more suspicious), ``flags`` (blocked); ``responses`` when the defense
+    replaces the model's answer (SmoothLLM); ``seconds`` of wall time the defense took."""
+
+    name: str
+    scores: np.ndarray
+    flags: np.ndarray
+    seconds: float
+    responses: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense(ABC):
+    """Score rows and flag them; subclasses say whether they need the response."""
+
+    name: ClassVar[str]
+    needs_response: ClassVar[bool] = False
+
+    def fit(self, benign: Sequence[dict[str, Any]]) -> Defense:
+        """Calibrate on benign rows (only defenses with a benign-quantile threshold need it)."""
+        return self
+
+    @abstractmethod
+    def _run(self, rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+        """(scores, flags, replacement responses or None)."""
+
+    def run(self, rows: Sequence[dict[str, Any]]) -> DefenseResult:
+        if not rows:
+            raise SriError(f"{self.name}: no rows to score; give at least one prompt")
+        for i, r in enumerate(rows):
+            if not isinstance(r.get("prompt"), str):
+                raise SriError(f"{self.name}: row {i + 1} has no 'prompt' text")
+            if self.needs_response and not isinstance(r.get("response"), str):
+                raise SriError(f"{self.name}: row {i + 1} has no 'response'; generate before applying this defense")
+        t0 = time.perf_counter()
+        scores, flags, responses = self._run(rows)
+        seconds = time.perf_counter() - t0
+        return DefenseResult(self.name, np.asarray(scores, dtype=np.float64), np.asarray(flags, dtype=bool),
+                             seconds, responses)
+
+
+def chat_text(adapter: ModelAdapter, user: str, system: str | None) -> str:
+    """``user`` under the model's chat template with its own ``system`` prompt and the generation prompt."""
+    tok = adapter.tokenizer
+    if not adapter.uses_chat_template:
+        head = f"{system}\n\n" if system else ""
+        return f"{head}User: {user}\nAssistant:"
+    messages = [{"role": "user", "content": user}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # templates without a system turn
+        merged = f"{system}\n\n{user}" if system else user
+        return tok.apply_chat_template([{"role": "user", "content": merged}], tokenize=False,
+                                       add_generation_prompt=True)
+
+
+def first_token_ids(adapter: ModelAdapter, words: Sequence[str]) -> list[int]:
+    """The distinct first token of each spelling in ``words`` (e.g. "Yes", " yes")."""
+    ids: list[int] = []
+    for w in words:
+        enc = adapter.tokenizer(w, add_special_tokens=False)["input_ids"]
+        if enc and enc[0] not in ids:
+            ids.append(int(enc[0]))
+    return ids
+
+
+def answer_probability(adapter: ModelAdapter, texts: list[str], positive: Sequence[str], negative: Sequence[str],
+                       batch_size: int = 8) -> np.ndarray:
+    """P(positive) / (P(positive) + P(negative)) of the next token after each rendered ``text``.
+
+    Each side's probability is the sum over the first tokens of its spellings (shared first tokens dropped), read
+    from one forward pass — no generation.
+    """
+    pos, neg = first_token_ids(adapter, positive), first_token_ids(adapter, negative)
+    shared = set(pos) & set(neg)
+    pos, neg = [i for i in pos if i not in shared], [i for i in neg if i not in shared]
+    if not pos or not neg:
+        raise SriError(f"the tokenizer cannot tell {positive[0]!r} from {negative[0]!r} by their first token")
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            ids, mask = adapter.encode(texts[start:start + batch_size])
+            pos_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            logits = adapter.model(input_ids=ids, attention_mask=mask, position_ids=pos_ids,
+                                   logits_to_keep=1).logits[:, -1].float()
+            logp = logits.log_softmax(-1)
+            lp, ln = logp[:, pos].logsumexp(-1), logp[:, neg].logsumexp(-1)
+            out.append(torch.sigmoid(lp - ln).cpu())
+    return torch.cat(out).double().numpy()
