@@ -95,19 +95,20 @@ def bootstrap_ci(statistic: Callable[..., float], samples: Sequence[Sequence[Any
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def rate_with_ci(values: Sequence[bool], seed: int = 0) -> dict[str, float]:
+def rate_with_ci(values: Sequence[bool], seed: int = 0, n_resamples: int = RESAMPLES) -> dict[str, float]:
     """Mean of a boolean vector with its bootstrap CI: ``{"value", "low", "high", "n"}``."""
     v = np.asarray(values, dtype=np.float64)
-    low, high = bootstrap_ci(np.mean, [v], seed=seed)
+    low, high = bootstrap_ci(np.mean, [v], seed=seed, n_resamples=n_resamples)
     return {"value": _mean(v, "rate"), "low": low, "high": high, "n": len(v)}
 
 
-def detection_report(positive: Sequence[float], negative: Sequence[float], seed: int = 0) -> dict[str, Any]:
+def detection_report(positive: Sequence[float], negative: Sequence[float], seed: int = 0,
+                     n_resamples: int = RESAMPLES) -> dict[str, Any]:
     """AUROC, TPR@1%FPR and TPR@5%FPR of attack vs benign scores, each with a stratified bootstrap CI."""
     out: dict[str, Any] = {"n_positive": len(positive), "n_negative": len(negative)}
     for name, fn in (("auroc", auroc), ("tpr_at_1pct_fpr", lambda p, n: tpr_at_fpr(p, n, 0.01)),
                      ("tpr_at_5pct_fpr", lambda p, n: tpr_at_fpr(p, n, 0.05))):
-        low, high = bootstrap_ci(fn, [positive, negative], seed=seed)
+        low, high = bootstrap_ci(fn, [positive, negative], seed=seed, n_resamples=n_resamples)
         out[name] = {"value": fn(positive, negative), "low": low, "high": high}
     return out
 

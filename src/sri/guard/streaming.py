@@ -213,10 +213,8 @@ class GuardObserver(StepObserver):
     def on_end(self, result: GenerationResult) -> None:
         t0 = time.perf_counter()
         for b in range(len(self.decider.verdicts)):
-            if self.decider.verdicts[b].flagged:
-                continue
             last = self.online.extend(b)
-            if last == 0:
+            if last == 0 or self.decider.verdicts[b].flagged:
                 continue
             for t in range(last + 1, self.guard.steps + 1):
                 if self.decider.check(self.online.sigma, [b], t):
