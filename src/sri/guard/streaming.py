@@ -36,6 +36,7 @@ from ..models.causal import detect_family
 from ..pooling import POOLINGS, Pooling
 from ..sampling.base import GenerationResult, StepEvent, StepObserver
 from ..signal import sri_signal
+from .detectors import single_thread
 from .guard import Guard, StepAnchors
 
 STOP_REASON = "sri-guard"
@@ -187,6 +188,11 @@ class GuardObserver(StepObserver):
 
     def on_step(self, event: StepEvent) -> None:
         t0 = time.perf_counter()
+        with single_thread():
+            self._on_step(event)
+        self.seconds += time.perf_counter() - t0
+
+    def _on_step(self, event: StepEvent) -> None:
         if self._events:  # the previous step's stops are final now that every observer has seen it
             prev = self._events[-1]
             done = prev.finished.cpu() | self.done_after[-1]
@@ -208,10 +214,17 @@ class GuardObserver(StepObserver):
                     if live and self.stop:
                         event.request_stop([b], STOP_REASON)
                         v.stop_step = s
-        self.seconds += time.perf_counter() - t0
 
     def on_end(self, result: GenerationResult) -> None:
         t0 = time.perf_counter()
+        with single_thread():
+            self._finish()
+        self.seconds += time.perf_counter() - t0
+        fields = result.extra.setdefault("row_fields", [{} for _ in self.verdicts])
+        for b, v in enumerate(self.verdicts):
+            fields[b]["guard"] = {**v.to_row(self.guard.refusal_text), "seconds_batch": self.seconds}
+
+    def _finish(self) -> None:
         for b in range(len(self.decider.verdicts)):
             last = self.online.extend(b)
             if last == 0 or self.decider.verdicts[b].flagged:
@@ -222,10 +235,6 @@ class GuardObserver(StepObserver):
                     break
         self.verdicts = self.decider.verdicts
         self.signals = self.online.sigma.clone()
-        self.seconds += time.perf_counter() - t0
-        fields = result.extra.setdefault("row_fields", [{} for _ in self.verdicts])
-        for b, v in enumerate(self.verdicts):
-            fields[b]["guard"] = {**v.to_row(self.guard.refusal_text), "seconds_batch": self.seconds}
 
 
 # ------------------------------------------------------------------------------------------ transformers
@@ -293,9 +302,10 @@ class GuardedGeneration:
     def _hook(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
         t0 = time.perf_counter()
         hidden = output[0] if isinstance(output, tuple) else output
-        if hidden.shape[1] > 1 or not self._states:  # a prefill: a new generate call
-            self._start(hidden.shape[0], hidden.shape[1])
-        self._states.append(hidden[:, -1, :].detach().to("cpu", torch.float32))
+        with single_thread():
+            if hidden.shape[1] > 1 or not self._states:  # a prefill: a new generate call
+                self._start(hidden.shape[0], hidden.shape[1])
+            self._states.append(hidden[:, -1, :].detach().to("cpu", torch.float32))
         self.seconds += time.perf_counter() - t0
 
     def _start(self, batch_size: int, prompt_len: int) -> None:
@@ -309,6 +319,12 @@ class GuardedGeneration:
     def _advance(self, input_ids: torch.Tensor) -> list[int]:
         """Process the newest forward (once); return rows flagged by it that are still generating."""
         t0 = time.perf_counter()
+        with single_thread():
+            hits = self._process(input_ids)
+        self.seconds += time.perf_counter() - t0
+        return hits
+
+    def _process(self, input_ids: torch.Tensor) -> list[int]:
         s = len(self._states)
         hits: list[int] = []
         if s > self._processed:
@@ -328,7 +344,6 @@ class GuardedGeneration:
                         self.verdicts[b].when = "during"
                         if bool(alive_at(s)[b]):
                             hits.append(b)
-        self.seconds += time.perf_counter() - t0
         return hits
 
     def ended_before(self, step: int) -> torch.Tensor:
