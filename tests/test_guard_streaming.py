@@ -127,8 +127,8 @@ def test_online_signal_equals_pooled_signal_and_replay(tiny_llama, tiny_guard, p
                 assert torch.equal(fresh.phi[b], phi[b, t - 1])
     assert torch.equal(fresh.count.clamp(max=T), online.count.clamp(max=T))
     verdicts = replay(guard, offline.numpy(), res.end_step, res.ended_by)
-    assert [(v.flagged, v.flag_step, v.when) for v in verdicts] == \
-        [(v.flagged, v.flag_step, v.when) for v in obs.verdicts]
+    assert [(v.flagged, v.flag_step, v.sampler_step, v.when) for v in verdicts] == \
+        [(v.flagged, v.flag_step, v.sampler_step, v.when) for v in obs.verdicts]
 
 
 def test_flag_stops_the_sampler_at_that_step(tiny_llama, tiny_guard) -> None:
@@ -139,7 +139,8 @@ def test_flag_stops_the_sampler_at_that_step(tiny_llama, tiny_guard) -> None:
     res = sample_ar(a, ids, mask, ARConfig(steps=T), [L], [obs])
     assert res.end_step == [3, 3, 3] and res.ended_by == ["sri-guard"] * 3
     assert (res.tokens[:, 3:] == a.pad_token_id).all()
-    assert all(v.flagged and v.flag_step == 3 and v.stop_step == 3 and v.when == "during" for v in obs.verdicts)
+    assert all(v.flagged and v.flag_step == 3 and v.stop_step == v.sampler_step == 3 and v.when == "during"
+               for v in obs.verdicts)
     assert res.extra["row_fields"][0]["guard"]["refusal_text"] == guard.refusal_text
     assert obs.seconds > 0
 
@@ -171,13 +172,15 @@ def test_trace_with_guard_records_verdicts(tiny_llama, tiny_llama_dir, tiny_guar
     store = TraceStore.open(tmp_path / "t")
     assert store.meta["settings"]["guard"]["stop"] is False
     rows = store.rows()
-    assert all(set(r["guard"]) >= {"flagged", "flag_step", "stop_step", "when", "refusal_text"} for r in rows)
+    assert all(set(r["guard"]) >= {"flagged", "flag_step", "sampler_step", "stop_step", "when", "refusal_text"}
+               for r in rows)
+    assert all(r["guard"]["stop_step"] is None for r in rows)
     # monitor-only: the trace is the unguarded generation, and the live verdicts equal the replay on its signals
     signals = compute_signals(anchors, store)
     verdicts = replay(guard, np.array([s["sri"] for s in signals]), [r["end_step"] for r in rows],
                       [r["ended_by"] for r in rows])
-    assert [(r["guard"]["flag_step"], r["guard"]["when"]) for r in rows] == \
-        [(v.flag_step, v.when) for v in verdicts]
+    assert [(r["guard"]["flag_step"], r["guard"]["sampler_step"], r["guard"]["when"]) for r in rows] == \
+        [(v.flag_step, v.sampler_step, v.when) for v in verdicts]
     # with stopping (the default), flagged rows end at their stop step, recorded in the row
     code, err = _run_cli([*base, "--out", str(tmp_path / "s"), "--guard", str(folder)], capsys)
     assert code == 0, err
@@ -207,7 +210,8 @@ def test_stopping_criteria_inside_model_generate(tiny_llama, tiny_llama_dir, tin
     sample_ar(a, ids, mask, ARConfig(steps=T), [a.num_layers], [obs])
     with GuardedGeneration(guard, model, stop=False) as watch:
         _generate(model, ids, mask, a.pad_token_id, stopping_criteria=[watch.stopping_criteria])
-    assert [(v.flag_step, v.when) for v in watch.verdicts] == [(v.flag_step, v.when) for v in obs.verdicts]
+    assert [(v.flag_step, v.sampler_step, v.when) for v in watch.verdicts] == \
+        [(v.flag_step, v.sampler_step, v.when) for v in obs.verdicts]
     assert watch.seconds > 0
     # a flag at step 3 stops every sequence there: the StoppingCriteria keeps the flagged token …
     forced = _with_forced_flag(guard, 3)

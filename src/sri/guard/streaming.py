@@ -46,12 +46,15 @@ STOP_REASON = "sri-guard"
 class Verdict:
     """The streaming guard's decision for one sequence.
 
-    ``flag_step``: signal step t at which the prefix was flagged (None: never). ``stop_step``: sampler step at
-    which the sequence was stopped (None: not stopped). ``when``: ``during`` generation or ``after`` it ended.
+    ``flag_step``: signal step t at which the prefix was flagged (None: never). ``sampler_step``: the sampler
+    step at which that happened while the sequence was still generating (None: only after it ended).
+    ``stop_step``: the sampler step at which it was stopped (None: not stopped, e.g. monitor mode).
+    ``when``: ``during`` generation or ``after`` it ended.
     """
 
     flagged: bool = False
     flag_step: int | None = None
+    sampler_step: int | None = None
     stop_step: int | None = None
     when: str | None = None
     score: float | None = None
@@ -133,7 +136,7 @@ class _Decider:
         hits = []
         for b, s in zip(rows, scores, strict=True):
             if s > thr:
-                self.verdicts[b] = Verdict(True, t, None, None, float(s), thr)
+                self.verdicts[b] = Verdict(True, t, score=float(s), threshold=thr)
                 hits.append(b)
         return hits
 
@@ -211,6 +214,7 @@ class GuardObserver(StepObserver):
                     v = self.decider.verdicts[b]
                     live = not event.trailing and not bool(event.finished[b])
                     v.when = "during" if live else "after"
+                    v.sampler_step = s if live else None
                     if live and self.stop:
                         event.request_stop([b], STOP_REASON)
                         v.stop_step = s
@@ -340,9 +344,11 @@ class GuardedGeneration:
                 rows = alive_at(s - offset)
                 t = self.online.push(self._states[-1], rows)
                 if t is not None:
+                    live = alive_at(s)
                     for b in self.decider.check(self.online.sigma, rows.nonzero().flatten().tolist(), t):
-                        self.verdicts[b].when = "during"
-                        if bool(alive_at(s)[b]):
+                        v = self.verdicts[b]
+                        v.when, v.sampler_step = ("during", s) if bool(live[b]) else ("after", None)
+                        if bool(live[b]):
                             hits.append(b)
         return hits
 
@@ -397,7 +403,8 @@ def replay(guard: Guard, signals: np.ndarray, end_steps: list[int], ended_by: li
 
     The prefix flagged at signal step t is seen at sampler step s = t + offset of the pooling; the sequence is
     stopped there if it was still generating (s before its end, or at its end when that end is the step limit
-    rather than EOS). Applied to unguarded traces, ``end_step − stop_step`` is the generation the stop saves.
+    rather than EOS). Applied to unguarded traces, ``end_step − sampler_step`` is the generation a stop saves.
+    ``stop_step`` stays None: nothing was stopped.
     """
     first = guard.first_flag(signals)
     offset = POOLINGS[guard.key["pooling"]].offset
@@ -409,7 +416,7 @@ def replay(guard: Guard, signals: np.ndarray, end_steps: list[int], ended_by: li
             continue
         s = t + offset
         live = s <= guard.steps and (s < end or (s == end and why != "eos"))
-        out.append(Verdict(True, t, s if live else None, "during" if live else "after"))
+        out.append(Verdict(True, t, s if live else None, None, "during" if live else "after"))
     return out
 
 
