@@ -14,7 +14,9 @@ On one batch of harmless prompts (default model, greedy, T = 32 steps):
 Runs are interleaved and repeated; medians are reported. The guard is ``--guard DIR`` (a real one from
 `sri guard fit`), or, without it, a timing-only guard fitted here on signals of a few harmless prompts (its
 detection quality means nothing; its cost is that of any guard of the same detector and T).
-Usage: nice -n 10 python benchmarks/guard_overhead.py [--guard DIR] [--batch 8] [--repeats 3] [--out FILE]
+The guard itself always runs on one thread; ``--threads 1`` runs generation on one thread too (on a busy 2-core
+machine that is ~3× faster than two threads, so it is the fair base to compare against).
+Usage: nice -n 10 python benchmarks/guard_overhead.py [--guard DIR] [--batch 8] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -88,8 +90,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for generation (default: torch's)")
     ap.add_argument("--out", type=Path, default=Path("results/bench/guard_overhead.json"))
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     console = Console()
     adapter = load_model(args.model, device="cpu", dtype="fp32")
     T = args.steps

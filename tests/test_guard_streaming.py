@@ -179,6 +179,7 @@ def test_trace_with_guard_records_verdicts(tiny_llama, tiny_llama_dir, tiny_guar
     signals = compute_signals(anchors, store)
     verdicts = replay(guard, np.array([s["sri"] for s in signals]), [r["end_step"] for r in rows],
                       [r["ended_by"] for r in rows])
+    assert any(v.flagged for v in verdicts) and not all(v.flagged for v in verdicts)
     assert [(r["guard"]["flag_step"], r["guard"]["sampler_step"], r["guard"]["when"]) for r in rows] == \
         [(v.flag_step, v.sampler_step, v.when) for v in verdicts]
     # with stopping (the default), flagged rows end at their stop step, recorded in the row
@@ -210,9 +211,13 @@ def test_stopping_criteria_inside_model_generate(tiny_llama, tiny_llama_dir, tin
     sample_ar(a, ids, mask, ARConfig(steps=T), [a.num_layers], [obs])
     with GuardedGeneration(guard, model, stop=False) as watch:
         _generate(model, ids, mask, a.pad_token_id, stopping_criteria=[watch.stopping_criteria])
-    assert [(v.flag_step, v.sampler_step, v.when) for v in watch.verdicts] == \
-        [(v.flag_step, v.sampler_step, v.when) for v in obs.verdicts]
+    expected = [(v.flag_step, v.sampler_step, v.when) for v in obs.verdicts]
+    assert any(e[0] for e in expected) and not all(e[0] for e in expected)  # a mixed batch: the check has teeth
+    assert [(v.flag_step, v.sampler_step, v.when) for v in watch.verdicts] == expected
     assert watch.seconds > 0
+    with GuardedGeneration(guard, model, stop=False) as watch:  # without a KV cache every forward is whole
+        _generate(model, ids, mask, a.pad_token_id, stopping_criteria=[watch.stopping_criteria], use_cache=False)
+    assert [(v.flag_step, v.sampler_step, v.when) for v in watch.verdicts] == expected
     # a flag at step 3 stops every sequence there: the StoppingCriteria keeps the flagged token …
     forced = _with_forced_flag(guard, 3)
     with GuardedGeneration(forced, model) as watch:

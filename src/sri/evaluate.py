@@ -102,6 +102,7 @@ class EvalConfig:
     smoothllm_copies: int = 4
     smoothllm_max_prompts: int = 16  # per prompt set (SmoothLLM generates copies × prompts)
     bootstrap: int = 1000
+    threads: int | None = None  # torch CPU threads (1 is fastest on a busy 2-core machine)
 
     @classmethod
     def from_file(cls, path: str | Path) -> EvalConfig:
@@ -189,6 +190,10 @@ def run_eval(config: EvalConfig, out: str | Path, progress: bool = True) -> dict
     """Trace, fit, defend and measure into ``out`` (resumable); returns the results also written to
     ``out/eval.json`` and ``out/tables.md``."""
     out = Path(out)
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     sets = prompt_sets(config)
     adapter = load_model(config.model, device=config.device, dtype=config.dtype)
     return evaluate_sets(adapter, sets, [a.name for a in config.attacks], config, out, progress)

@@ -257,9 +257,10 @@ class GuardedGeneration:
             out = model.generate(**batch, max_new_tokens=64, stopping_criteria=[watch.stopping_criteria])
         texts = watch.apply(decoded_texts)     # flagged rows → the guard's refusal text
 
-    The guard's layer is hooked for the duration of the block; each ``generate`` call (a forward over more than
-    one position starts one) is watched for its first T steps. The model must be the one the guard was fitted on
-    (same fingerprint and hidden size) and the guard's pooling an AR one.
+    The guard's layer is hooked for the duration of the block; each ``generate`` call (recognised by its prefill
+    forward) is watched for its first T steps. Greedy or sampled decoding, with or without a KV cache; not beam
+    search. The model must be the one the guard was fitted on (same fingerprint and hidden size) and the
+    guard's pooling an AR one.
     """
 
     def __init__(self, guard: Guard, model: torch.nn.Module, *, stop: bool = True,
@@ -307,7 +308,8 @@ class GuardedGeneration:
         t0 = time.perf_counter()
         hidden = output[0] if isinstance(output, tuple) else output
         with single_thread():
-            if hidden.shape[1] > 1 or not self._states:  # a prefill: a new generate call
+            continuing = self._states and hidden.shape[1] in (1, self.prompt_len + len(self._states))
+            if not continuing:  # a prefill: a new generate call (without a KV cache every forward is whole)
                 self._start(hidden.shape[0], hidden.shape[1])
             self._states.append(hidden[:, -1, :].detach().to("cpu", torch.float32))
         self.seconds += time.perf_counter() - t0
