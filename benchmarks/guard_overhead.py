@@ -12,11 +12,12 @@ On one batch of harmless prompts (default model, greedy, T = 32 steps):
 - the same streaming guard on a user's own ``model.generate`` (:class:`sri.guard.GuardedGeneration`).
 
 Runs are interleaved and repeated; medians are reported. The guard is ``--guard DIR`` (a real one from
-`sri guard fit`), or, without it, a timing-only guard fitted here on signals of a few harmless prompts (its
-detection quality means nothing; its cost is that of any guard of the same detector and T).
+`sri guard fit`), or, without it, timing-only guards fitted here on signals of a few harmless prompts, one per
+decision stride ``--every`` (their detection quality means nothing; their cost is that of any guard of the same
+detector, T and stride).
 The guard itself always runs on one thread; ``--threads 1`` runs generation on one thread too (on a busy 2-core
 machine that is ~3× faster than two threads, so it is the fair base to compare against).
-Usage: nice -n 10 python benchmarks/guard_overhead.py [--guard DIR] [--batch 8] [--repeats 3] [--threads 1]
+Usage: nice -n 10 python benchmarks/guard_overhead.py [--guard DIR | --every 1 4] [--batch 8] [--threads 1]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -45,8 +47,9 @@ from sri.signal import Anchors, compute_signals, sri_signal
 from sri.tracer import trace_prompts
 
 
-def timing_guard(adapter, steps: int, detector: str, folder: Path) -> Guard:
-    """A guard of the real shape, fitted on 24 harmless signals (anchors: means of two halves of 16 more)."""
+def timing_guards(adapter, steps: int, detector: str, folder: Path, every: list[int]) -> dict[str, Guard]:
+    """Guards of the real shape, fitted on 16 harmless signals (anchors: means of two halves of 16 more), one
+    per decision stride."""
     records = load_prompts("harmless", shuffle_seed=1, max_prompts=40)
     store = trace_prompts(adapter, records, folder / "traces", sampler=ARConfig(steps=steps), batch_size=8,
                           description="timing-guard traces")
@@ -54,7 +57,8 @@ def timing_guard(adapter, steps: int, detector: str, folder: Path) -> Guard:
     L = adapter.num_layers
     anchors = Anchors({L: states[L][:8].mean(0)}, {L: states[L][8:16].mean(0)}, store.key)
     signals = compute_signals(anchors, store)[16:]
-    return fit_guard(signals[:16], signals[16:], detector=detector, quantile=0.9, anchors=anchors)
+    return {f"every {k}": fit_guard(signals[:16], signals[16:], detector=detector, quantile=0.9, anchors=anchors,
+                                    every=k) for k in every}
 
 
 class TimedCapture(HiddenCapture):
@@ -87,6 +91,7 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--guard", type=Path, default=None)
     ap.add_argument("--detector", default="ae")
+    ap.add_argument("--every", type=int, nargs="+", default=[1, 4], help="decision strides of the timing guards")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
@@ -95,88 +100,89 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=150)
     adapter = load_model(args.model, device="cpu", dtype="fp32")
     T = args.steps
     with tempfile.TemporaryDirectory() as tmp:
-        guard = Guard.load(args.guard) if args.guard else timing_guard(adapter, T, args.detector, Path(tmp))
-    guard_source = str(args.guard) if args.guard else "timing-only guard fitted in this run"
-    layer = int(guard.key["layer"])
+        guards = {f"every {Guard.load(args.guard).info.get('stream_every', 1)}": Guard.load(args.guard)} \
+            if args.guard else timing_guards(adapter, T, args.detector, Path(tmp), args.every)
+    guard_source = str(args.guard) if args.guard else "timing-only guards fitted in this run"
+    first = next(iter(guards.values()))
+    layer = int(first.key["layer"])
     prompts = load_prompts("harmless", shuffle_seed=2, max_prompts=args.batch)
     ids, mask = adapter.encode([adapter.render(r.prompt) for r in prompts])
     ppl = PerplexityFilter(adapter, batch_size=args.batch).fit([{"prompt": r.prompt} for r in prompts])
     sampler = ARConfig(steps=T)
+    gen = dict(attention_mask=mask, max_new_tokens=T, min_new_tokens=T, do_sample=False,
+               pad_token_id=adapter.pad_token_id)
 
-    times: dict[str, list[float]] = {k: [] for k in (
-        "base", "guarded", "guard_self", "offline_guard", "ppl", "generate", "generate_guarded", "generate_self")}
+    times: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         sample_ar(adapter, ids, mask, sampler, [])
         times["base"].append(time.perf_counter() - t0)
+        for name, guard in guards.items():
+            obs = GuardObserver(guard, stop=False)
+            t0 = time.perf_counter()
+            sample_ar(adapter, ids, mask, sampler, [layer], [obs])
+            times[f"guarded {name}"].append(time.perf_counter() - t0)
+            times[f"guard self {name}"].append(obs.seconds)
 
-        collector, obs = StateCollector([layer]), GuardObserver(guard, stop=False)
+        collector = StateCollector([layer])
+        res = sample_ar(adapter, ids, mask, sampler, [layer], [collector])  # states for the offline guard
         t0 = time.perf_counter()
-        res = sample_ar(adapter, ids, mask, sampler, [layer], [obs])
-        times["guarded"].append(time.perf_counter() - t0)
-        times["guard_self"].append(obs.seconds)
-        res2 = sample_ar(adapter, ids, mask, sampler, [layer], [collector])  # states for the offline guard
-
-        t0 = time.perf_counter()
-        phi = collector.pooled(res2.end_step, T, POOLINGS[guard.key["pooling"]])[layer]
-        sigma = sri_signal(phi, guard.anchors.harmless, guard.anchors.harmful, guard.anchors.tau, guard.anchors.eps)
-        guard.flag(sigma.numpy())
-        times["offline_guard"].append(time.perf_counter() - t0)
+        phi = collector.pooled(res.end_step, T, POOLINGS[first.key["pooling"]])[layer]
+        a = first.anchors
+        first.flag(sri_signal(phi, a.harmless, a.harmful, a.tau, a.eps).numpy())
+        times["offline guard"].append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
         ppl.run([{"prompt": r.prompt} for r in prompts])
         times["ppl"].append(time.perf_counter() - t0)
 
-        gen = dict(attention_mask=mask, max_new_tokens=T, min_new_tokens=T, do_sample=False,
-                   pad_token_id=adapter.pad_token_id)
         with torch.inference_mode():
             t0 = time.perf_counter()
             adapter.model.generate(ids, **gen)
             times["generate"].append(time.perf_counter() - t0)
-            with GuardedGeneration(guard, adapter.model, stop=False) as watch:
-                t0 = time.perf_counter()
-                adapter.model.generate(ids, stopping_criteria=[watch.stopping_criteria], **gen)
-                times["generate_guarded"].append(time.perf_counter() - t0)
-            times["generate_self"].append(watch.seconds)
-        assert res.end_step == res2.end_step
+            for name, guard in guards.items():
+                with GuardedGeneration(guard, adapter.model, stop=False) as watch:
+                    adapter.model.generate(ids, stopping_criteria=[watch.stopping_criteria], **gen)
+                times[f"generate self {name}"].append(watch.seconds)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     hook = capture_hook_seconds(adapter, layer, ids, mask, T)
-    streaming = med["guard_self"] + hook
-    rows = [
-        ("base generation (AR sampler)", med["base"], None, None),
-        ("streaming SRI Guard, in the sampler (own timer + capture hook)", streaming,
-         100 * streaming / med["base"], med["ppl"] / streaming),
-        ("  wall-time difference guarded − base (noisy)", med["guarded"] - med["base"],
-         100 * (med["guarded"] - med["base"]) / med["base"], None),
-        ("offline SRI Guard (σ from pooled states + detector)", med["offline_guard"],
-         100 * med["offline_guard"] / med["base"], med["ppl"] / med["offline_guard"]),
-        ("perplexity filter (same model, same prompts)", med["ppl"], 100 * med["ppl"] / med["base"], 1.0),
-        ("model.generate", med["generate"], None, None),
-        ("streaming SRI Guard on model.generate (own timer, hook included)", med["generate_self"],
-         100 * med["generate_self"] / med["generate"], med["ppl"] / med["generate_self"]),
-    ]
+    base, ppl_s = med["base"], med["ppl"]
+    rows = [("base generation (AR sampler, no capture)", base, None, None)]
+    for name in guards:
+        cost = med[f"guard self {name}"] + hook
+        rows.append((f"streaming SRI Guard, decides {name} step(s): own timer + capture hook", cost,
+                     100 * cost / base, ppl_s / cost))
+        diff = med[f"guarded {name}"] - base
+        rows.append(("  (wall-time difference guarded − base, noisy)", diff, 100 * diff / base, None))
+    rows.append(("offline SRI Guard (σ from pooled states + full-signal detector)", med["offline guard"],
+                 100 * med["offline guard"] / base, ppl_s / med["offline guard"]))
+    rows.append(("perplexity filter (same model, same prompts)", ppl_s, 100 * ppl_s / base, 1.0))
+    rows.append(("model.generate", med["generate"], None, None))
+    for name in guards:
+        cost = med[f"generate self {name}"]
+        rows.append((f"streaming SRI Guard on model.generate, {name} (own timer, hook included)", cost,
+                     100 * cost / med["generate"], ppl_s / cost))
     table = Table(title=f"SRI Guard overhead — {args.model}, batch {args.batch}, T={T}, {args.repeats} repeats "
-                        f"(medians), {os.cpu_count()}-core {platform.machine()} CPU")
+                        f"(medians), {os.cpu_count()}-core {platform.machine()} CPU, "
+                        f"{torch.get_num_threads()} torch thread(s)")
     for col in ("what", "seconds", "% of generation", "PPL filter cost ÷ this"):
         table.add_column(col, justify="right" if col != "what" else "left")
     for what, sec, pct, ratio in rows:
         table.add_row(what, f"{sec:.6f}", "" if pct is None else f"{pct:.4f}%", "" if ratio is None else
                       f"{ratio:,.0f}×")
     console.print(table)
-    console.print(f"guard: {guard.kind}, {len(guard.prefixes)} streaming prefixes, layer {layer}; {guard_source}")
+    console.print(f"guard: {first.kind}, layer {layer}; {guard_source}")
     result = {"model": args.model, "batch": args.batch, "steps": T, "repeats": args.repeats,
               "cpu_count": os.cpu_count(), "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
-              "guard": guard_source,
-              "detector": guard.kind, "times_s": times, "medians_s": med, "capture_hook_s": hook,
-              "table": [dict(zip(("what", "seconds", "pct_of_generation", "ppl_ratio"), r, strict=True)) for r in rows],
-              "targets": {"guard_pct_max": 0.01, "ppl_ratio_min": 300},
-              "offline_pct": 100 * med["offline_guard"] / med["base"], "streaming_pct": 100 * streaming / med["base"],
-              "offline_ppl_ratio": med["ppl"] / med["offline_guard"], "streaming_ppl_ratio": med["ppl"] / streaming}
+              "guard": guard_source, "detector": first.kind, "times_s": dict(times), "medians_s": med,
+              "capture_hook_s": hook, "targets": {"guard_pct_max": 0.01, "ppl_ratio_min": 300},
+              "table": [dict(zip(("what", "seconds", "pct_of_generation", "ppl_ratio"), r, strict=True))
+                        for r in rows]}
     write_json(args.out, result)
     console.print(f"→ {args.out}")
 

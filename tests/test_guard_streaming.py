@@ -55,8 +55,8 @@ def _encode(adapter, prompts):
 
 
 # ------------------------------------------------------------------------------------------ scripted
-@pytest.mark.parametrize("pooling", ["all-slots", "producing"])
-def test_scripted_signal_flags_and_stops_at_the_right_step(pooling: str) -> None:
+@pytest.mark.parametrize(("pooling", "every", "step"), [("all-slots", 1, 6), ("producing", 1, 6), ("producing", 3, 7)])
+def test_scripted_signal_flags_and_stops_at_the_right_step(pooling: str, every: int, step: int) -> None:
     """States scripted to sit on the harmless anchor, then (row 1, from step 6) far out on the refusal anchor, so
     that even the AR running mean turns at once."""
     D, switch = 4, 6
@@ -67,8 +67,9 @@ def test_scripted_signal_flags_and_stops_at_the_right_step(pooling: str) -> None
     benign_states = e_ok + 0.3 * torch.randn(300, T, D, generator=g).abs()
     benign = sri_signal(benign_states, anchors.harmless, anchors.harmful).numpy()
     rows = [{"id": str(i), "sri": s.tolist(), "key": key} for i, s in enumerate(benign)]
-    guard = fit_guard(rows[:200], rows[200:], detector="mahalanobis", quantile=0.99)
+    guard = fit_guard(rows[:200], rows[200:], detector="mahalanobis", quantile=0.99, every=every)
     guard.anchors = anchors
+    assert guard.prefixes == ([1, 4, 7, 8] if every == 3 else list(range(1, T + 1)))
     script = torch.stack([e_ok.repeat(T, 1) + 0.05 * torch.eye(D)[2],
                           torch.stack([e_ok if t < switch else 10 * e_bad for t in range(1, T + 1)])], dim=1)
     obs = GuardObserver(guard)
@@ -86,7 +87,7 @@ def test_scripted_signal_flags_and_stops_at_the_right_step(pooling: str) -> None
     offline = sri_signal(phi, anchors.harmless, anchors.harmful)
     expected = int(guard.first_flag(offline.numpy())[1])
     assert guard.first_flag(offline.numpy())[0] == 0
-    assert expected == switch
+    assert expected == step  # the switch step, or the first decision step after it
     assert stops == {expected: [1]}
     assert obs.decider.verdicts[1].flag_step == expected and not obs.decider.verdicts[0].flagged
 

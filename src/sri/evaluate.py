@@ -97,6 +97,7 @@ class EvalConfig:
     detector: str = "ae"
     quantile: float = 0.99
     stream: str = "union"
+    stream_every: int = 1
     defenses: list[str] = field(default_factory=lambda: list(DEFENSE_NAMES))
     llm_guard_model: str | None = None  # None: the generator itself
     smoothllm_copies: int = 4
@@ -219,7 +220,7 @@ def evaluate_sets(adapter: ModelAdapter, sets: dict[str, list[PromptRecord]], at
     anchors.save(out / "anchors.safetensors")
     signals = {name: compute_signals(anchors, stores[name]) for name in ("fit", "calibrate")}
     guard = fit_guard(signals["fit"], signals["calibrate"], detector=config.detector, quantile=config.quantile,
-                      seed=config.seed, stream=config.stream, anchors=anchors,
+                      seed=config.seed, stream=config.stream, every=config.stream_every, anchors=anchors,
                       sources={"fit": "harmless (fit split)", "calibrate": "harmless (calibrate split)"})
     guard.save(out / "guard")
 

@@ -26,6 +26,7 @@ def guard_fit(
     stream: Annotated[str, typer.Option(help="Per-prefix detectors for streaming: union (benign flag rate "
                                              "over all prefixes ≤ 1 − q) | per-prefix | off.")] = "union",
     min_prefix: Annotated[int, typer.Option(help="First prefix length the streaming guard decides on.")] = 1,
+    stream_every: Annotated[int, typer.Option(help="Decide every K steps (and at T) instead of every step.")] = 1,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     refusal_text: Annotated[str, typer.Option(help="Answer returned for a flagged generation.")] =
         "I'm sorry, but I can't help with that.",
@@ -36,8 +37,9 @@ def guard_fit(
     from ..signal import Anchors
 
     fitted = fit_guard(read_jsonl(benign), read_jsonl(calibrate), detector=detector, quantile=quantile, seed=seed,
-                       stream=stream, min_prefix=min_prefix, anchors=Anchors.load(anchors) if anchors else None,
-                       refusal_text=refusal_text, sources={"benign": str(benign), "calibrate": str(calibrate)})
+                       stream=stream, min_prefix=min_prefix, every=stream_every,
+                       anchors=Anchors.load(anchors) if anchors else None, refusal_text=refusal_text,
+                       sources={"benign": str(benign), "calibrate": str(calibrate)})
     fitted.save(out_dir)
     cal = fitted.info["calibration"]
     table = Table(title=f"SRI Guard ({detector}) → {out_dir}")

@@ -216,12 +216,16 @@ def fit_guard(
     seed: int = 0,
     stream: str = "union",
     min_prefix: int = 1,
+    every: int = 1,
     anchors: Anchors | None = None,
     refusal_text: str = DEFAULT_REFUSAL,
     detector_params: dict[str, Any] | None = None,
     sources: dict[str, str] | None = None,
 ) -> Guard:
-    """Fit detectors on ``benign`` signal rows and set thresholds on the held-out ``calibrate`` rows."""
+    """Fit detectors on ``benign`` signal rows and set thresholds on the held-out ``calibrate`` rows.
+
+    Streaming prefixes are t = min_prefix, min_prefix + every, … and T: the guard decides at those steps only
+    (``every`` > 1 trades how soon it can stop for less work per step)."""
     if not 0 < quantile < 1:
         raise SriError(f"quantile must be in (0, 1) (got {quantile}); e.g. 0.99 for a 1% benign flag rate")
     if stream not in STREAM_MODES:
@@ -244,8 +248,10 @@ def fit_guard(
     steps = x.shape[1]
     if not 1 <= min_prefix <= steps:
         raise SriError(f"min prefix must be in [1, {steps}] (got {min_prefix})")
+    if every < 1:
+        raise SriError(f"--stream-every must be ≥ 1 (got {every})")
     params = detector_params or {}
-    prefixes = list(range(min_prefix, steps + 1)) if stream != "off" else [steps]
+    prefixes = sorted({*range(min_prefix, steps + 1, every), steps}) if stream != "off" else [steps]
     detectors = {t: make_detector(detector, seed=seed, **params).fit(x[:, :t]) for t in prefixes}
     cal_scores = {t: detectors[t].score(c[:, :t]) for t in prefixes}
     threshold = float(np.quantile(cal_scores[steps], quantile))
@@ -263,6 +269,7 @@ def fit_guard(
         "detector_kind": detector,
         "stream": stream,
         "stream_level": level,
+        "stream_every": every,
         "counts": {"benign": len(x), "calibrate": len(c)},
         "calibration": {
             "flag_rate_full": float((cal_scores[steps] > threshold).mean()),

@@ -70,6 +70,8 @@ class OnlineSignal:
     For forward ``s`` a row contributes when ``s > offset`` and it was still generating at sampler step
     ``s − offset``; its signal step is then ``t = s − offset`` and
     φ_t = float32(Σ_{u≤t} h_{u+offset}) / t (running mean, sum kept in float64) or φ_t = h_{t+offset}.
+    Each step only updates φ; σ is computed when a decision needs it (:meth:`sigma_through`), for all pending
+    steps in one call, so a guard that decides every k steps pays the formula once per k steps.
     """
 
     def __init__(self, anchors: StepAnchors, pooling: Pooling, batch_size: int, steps: int) -> None:
@@ -81,7 +83,9 @@ class OnlineSignal:
         dim = anchors.harmless.shape[1]
         self.sum = torch.zeros(batch_size, dim, dtype=torch.float64)
         self.phi = torch.zeros(batch_size, dim, dtype=torch.float32)
+        self.phi_steps = torch.zeros(batch_size, steps, dim, dtype=torch.float32)
         self.count = torch.zeros(batch_size, dtype=torch.long)
+        self.done = torch.zeros(batch_size, dtype=torch.long)  # σ is computed through this step
         self.sigma = torch.full((batch_size, steps), float("nan"), dtype=torch.float64)
 
     def push(self, state: torch.Tensor, rows: torch.Tensor) -> int | None:
@@ -102,19 +106,33 @@ class OnlineSignal:
             self.phi[idx] = self.sum[idx].float() / torch.tensor(float(t), dtype=torch.float32)
         else:
             self.phi[idx] = h
-        self.sigma[idx, t - 1] = self._sigma(self.phi[idx], t)
+        self.phi_steps[idx, t - 1] = self.phi[idx]
         return t
+
+    def sigma_through(self, t: int) -> torch.Tensor:
+        """``[B, T]`` σ, computed for every row through step min(t, its last step); later entries are NaN."""
+        limit = self.count.clamp(max=min(t, self.steps))
+        pending = (self.done < limit).nonzero().flatten()
+        if len(pending):
+            lo, hi = int(self.done[pending].min()), int(limit[pending].max())
+            a = self.anchors
+            block = sri_signal(self.phi_steps[pending, lo:hi], a.harmless[lo:hi], a.harmful[lo:hi], a.tau, a.eps)
+            step = torch.arange(lo, hi).view(1, -1)
+            keep = (step >= self.done[pending].view(-1, 1)) & (step < limit[pending].view(-1, 1))
+            self.sigma[pending, lo:hi] = torch.where(keep, block, self.sigma[pending, lo:hi])
+            self.done[pending] = limit[pending]
+        return self.sigma
 
     def extend(self, row: int) -> int:
         """Fill σ after the row's end with its last state, as the traces do; return the last real step."""
         last = int(self.count[row].clamp(max=self.steps))
-        for t in range(last + 1, self.steps + 1):
-            self.sigma[row, t - 1] = self._sigma(self.phi[row:row + 1], t)[0]
+        self.sigma_through(self.steps)
+        if last < self.steps:
+            self.phi_steps[row, last:] = self.phi[row]
+            self.count[row] = self.steps
+            self.sigma_through(self.steps)
+            self.count[row] = last
         return last
-
-    def _sigma(self, phi: torch.Tensor, t: int) -> torch.Tensor:
-        a = self.anchors
-        return sri_signal(phi.unsqueeze(1), a.harmless[t - 1:t], a.harmful[t - 1:t], a.tau, a.eps)[:, 0]
 
 
 class _Decider:
@@ -208,9 +226,9 @@ class GuardObserver(StepObserver):
         if s > offset:
             rows = ~self.done_after[s - offset - 1]  # still generating at sampler step s − offset
             t = self.online.push(event.states[self.layer], rows)
-            if t is not None:
+            if t is not None and t in self.guard.stream_thresholds:
                 alive = rows.nonzero().flatten().tolist()
-                for b in self.decider.check(self.online.sigma, alive, t):
+                for b in self.decider.check(self.online.sigma_through(t), alive, t):
                     v = self.decider.verdicts[b]
                     live = not event.trailing and not bool(event.finished[b])
                     v.when = "during" if live else "after"
@@ -238,7 +256,7 @@ class GuardObserver(StepObserver):
                     self.decider.verdicts[b].when = "after"
                     break
         self.verdicts = self.decider.verdicts
-        self.signals = self.online.sigma.clone()
+        self.signals = self.online.sigma_through(self.guard.steps).clone()
 
 
 # ------------------------------------------------------------------------------------------ transformers
@@ -345,9 +363,9 @@ class GuardedGeneration:
             if s > offset:
                 rows = alive_at(s - offset)
                 t = self.online.push(self._states[-1], rows)
-                if t is not None:
+                if t is not None and t in self.guard.stream_thresholds:
                     live = alive_at(s)
-                    for b in self.decider.check(self.online.sigma, rows.nonzero().flatten().tolist(), t):
+                    for b in self.decider.check(self.online.sigma_through(t), rows.nonzero().flatten().tolist(), t):
                         v = self.verdicts[b]
                         v.when, v.sampler_step = ("during", s) if bool(live[b]) else ("after", None)
                         if bool(live[b]):
