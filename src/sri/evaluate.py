@@ -245,7 +245,7 @@ def evaluate_sets(adapter: ModelAdapter, sets: dict[str, list[PromptRecord]], at
     results["ablation"] = _ablation(config, stores, signals, attacks, anchors)
     results["early_stop"] = _early_stop(stores, test_sets, guard.steps)
     curves = {d: (np.concatenate([defended[d][a].scores for a in attacks]), defended[d][BENIGN_TEST].scores)
-              for d in defended if d != "undefended"}
+              for d in defended if d not in ("undefended", "sri-guard-streaming")}  # streaming: same scores
     results["figure"] = str(plot_roc(curves, out / "figures" / "roc.png",
                                      title=f"Jailbreak detection — {config.model}"))
     write_json(out / "eval.json", results)
