@@ -57,7 +57,8 @@ def trace_prompts(
     meta = {
         "key": trace_key(adapter, sampler, layer_ids, conv.name),
         "settings": {"sampler": sampler.params(), "system_prompt": adapter.system_prompt,
-                     "dtype": str(adapter.dtype).removeprefix("torch."), "layers_requested": str(layers)},
+                     "dtype": str(adapter.dtype).removeprefix("torch."), "layers_requested": str(layers),
+                     **_model_conventions(adapter, sampler)},
         "model": adapter.describe(),
         "pooling": {"name": conv.name, "description": conv.description},
     }
@@ -88,6 +89,16 @@ def trace_prompts(
             store.append(rows, states)
             advance(len(idx))
     return store
+
+
+def _model_conventions(adapter: ModelAdapter, sampler: Any) -> dict[str, Any]:
+    """How a masked diffusion model was driven (mask id, logit shift …): traces that differ here must not mix."""
+    if sampler.kind != "diffusion":
+        return {}
+    if adapter.family.kind != "masked-diffusion":
+        raise SriError(f"the {sampler.name} sampler needs a masked diffusion model, but '{adapter.name}' was loaded "
+                       "as an autoregressive one; load it with sri.models.load_diffusion_model")
+    return {"diffusion_model": adapter.conventions_record()}  # type: ignore[attr-defined]
 
 
 def _generation_length(sampler: Any) -> int:
