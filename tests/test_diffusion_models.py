@@ -320,6 +320,14 @@ def test_trace_shapes_and_metadata(adapters, tmp_path) -> None:
         trace_prompts(adapter, recs, tmp_path / "bad", sampler=config, pooling="producing", progress=False)
 
 
+def test_context_limit_of_a_llada_config(adapters, tmp_path) -> None:
+    """LLaDA's config names its context ``max_sequence_length``; prompt + slots beyond it is refused up front."""
+    with pytest.raises(SriError, match="exceeds the model's context of 2048"):
+        trace_prompts(adapters["remote"], [PromptRecord(id="a", prompt="hi")], tmp_path / "t",
+                      sampler=DiffusionConfig(steps=21, gen_length=2100), progress=False)
+    assert not (tmp_path / "t").exists()
+
+
 def test_pool_steps_keeps_diffusion_states_per_step() -> None:
     forwards = torch.arange(12, dtype=torch.float32).view(3, 2, 2)  # [F, B, D]
     phi = StateCollector([0])

@@ -107,7 +107,8 @@ def _generation_length(sampler: Any) -> int:
 
 def _check_lengths(adapter: ModelAdapter, records: Sequence[PromptRecord], lengths: list[int], limit: int,
                    gen_length: int) -> None:
-    max_pos = getattr(adapter.model.config, "max_position_embeddings", None)
+    config = adapter.model.config
+    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
     for rec, n in zip(records, lengths, strict=True):
         if n > limit:
             raise SriError(f"prompt '{rec.id}' is {n} tokens, over the limit of {limit}; shorten it or raise "

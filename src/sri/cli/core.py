@@ -101,7 +101,8 @@ def trace(
     if sampler == "ar":
         given = [name for name, value in diffusion_opts.items() if value is not None]
         if given:
-            raise SriError(f"{', '.join(given)} only apply to --sampler diffusion or diffusion-ar")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise SriError(f"{', '.join(given)} only {verb} to --sampler diffusion or diffusion-ar")
         config: ARConfig | DiffusionConfig = ARConfig(steps=steps, temperature=temperature, top_k=top_k,
                                                       top_p=top_p, seed=seed)
         model_options: dict = {"trust_remote_code": trust_remote_code}

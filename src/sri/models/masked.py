@@ -110,8 +110,9 @@ class DiffusionAdapter(ModelAdapter):
 
     ``family.mask_token_id`` and ``family.logit_shift`` are the settings in force (family defaults or the user's
     overrides). ``position_ids``: the model's ``forward`` takes them, so left-padded rows get positions that
-    skip their padding (LLaDA's own code has no such argument: padding shifts its positions, as in the authors'
-    batched generation). ``forward_kwargs`` are passed on every call (``use_cache=False`` where accepted).
+    skip their padding (LLaDA's own code has no such argument: padding shifts all its positions by the same
+    amount, which rotary attention — it only sees distances — does not notice). ``forward_kwargs`` go into every
+    call (``use_cache=False`` where the model accepts it).
     """
 
     conventions: DiffusionFamily = GENERIC
