@@ -27,7 +27,7 @@ from sri.sampling import ARConfig, sample_ar
 from sri.sampling.ar import ar_rows
 
 
-def ours(adapter, rendered: list[str], steps: int, batch: int) -> float:  # noqa: ANN001
+def ours(adapter, rendered: list[str], steps: int, batch: int) -> float:
     t0 = time.perf_counter()
     config = ARConfig(steps=steps, ignore_eos=True)
     layer = adapter.num_layers
@@ -40,7 +40,7 @@ def ours(adapter, rendered: list[str], steps: int, batch: int) -> float:  # noqa
     return time.perf_counter() - t0
 
 
-def reference(adapter, rendered: list[str], steps: int) -> float:  # noqa: ANN001
+def reference(adapter, rendered: list[str], steps: int) -> float:
     t0 = time.perf_counter()
     tok = adapter.tokenizer
     with torch.inference_mode():
@@ -57,7 +57,7 @@ def reference(adapter, rendered: list[str], steps: int) -> float:  # noqa: ANN00
     return time.perf_counter() - t0
 
 
-def generate(adapter, rendered: list[str], steps: int, batch: int) -> float:  # noqa: ANN001
+def generate(adapter, rendered: list[str], steps: int, batch: int) -> float:
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(rendered), batch):
