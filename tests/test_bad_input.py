@@ -15,7 +15,7 @@ from sri.tracer import trace_key, trace_prompts
 from .cli_helpers import run_cli
 
 
-def _fails_cleanly(args: list[str], capsys, match: str, must_not_exist: Path | None = None) -> None:  # noqa: ANN001
+def _fails_cleanly(args: list[str], capsys, match: str, must_not_exist: Path | None = None) -> None:
     res = run_cli(args, capsys)
     assert res.code == 2, res.err
     assert len(res.error_lines) == 1, res.err
@@ -25,7 +25,7 @@ def _fails_cleanly(args: list[str], capsys, match: str, must_not_exist: Path | N
 
 
 @pytest.fixture
-def prompt_file(tmp_path: Path):  # noqa: ANN201
+def prompt_file(tmp_path: Path):
     def make(lines: list[str], name: str = "p.jsonl") -> Path:
         path = tmp_path / name
         path.write_text("\n".join(lines) + "\n")
@@ -90,7 +90,7 @@ def test_bad_settings(tiny_llama_dir, prompt_file, tmp_path, capsys) -> None:
                    capsys, "cuda" if not torch.cuda.is_available() else "dtype", tmp_path / "o")
 
 
-def _traces(adapter, folder: Path, steps: int, prompts: list[str]):  # noqa: ANN001, ANN202
+def _traces(adapter, folder: Path, steps: int, prompts: list[str]):
     recs = [PromptRecord(id=str(i), prompt=p) for i, p in enumerate(prompts)]
     return trace_prompts(adapter, recs, folder, sampler=ARConfig(steps=steps), progress=False)
 

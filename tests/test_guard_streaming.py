@@ -244,3 +244,34 @@ def test_guard_without_anchors_cannot_stream() -> None:
     guard = Guard({T: det}, 1.0, {T: 1.0}, 0.99, {"pooling": "producing", "steps": T, "layer": 1})
     with pytest.raises(SriError, match="--anchors"):
         GuardObserver(guard)
+
+
+# ------------------------------------------------------------------------------------------ diffusion sampler
+def test_guard_in_the_diffusion_sampler(tmp_path) -> None:
+    """The same observer in the masked-diffusion sampler: φ_t is the step's pooled state, σ equals the trace's."""
+    from sri.models import load_diffusion_model
+    from sri.models.tiny import build_tiny_masked_lm
+    from sri.sampling import DiffusionConfig, sample_diffusion
+
+    a = load_diffusion_model(str(build_tiny_masked_lm(tmp_path / "llada", "llada", seed=0)), device="cpu",
+                             dtype="fp32")
+    steps, L = 4, a.num_layers
+    config = DiffusionConfig(steps=steps, gen_length=8)
+    g = torch.Generator().manual_seed(0)
+    D = a.hidden_size
+    anchors = StepAnchors(torch.randn(steps, D, generator=g), torch.randn(steps, D, generator=g), 0.1, 1e-8)
+    key = {"fingerprint": a.fingerprint, "hidden_size": D, "sampler": "diffusion", "steps": steps,
+           "pooling": "all-slots", "layer": L}
+    x = np.random.default_rng(0).random((40, steps))
+    detectors = {t: make_detector("mahalanobis").fit(x[:, :t]) for t in range(1, steps + 1)}
+    guard = Guard(detectors, np.inf, {t: np.inf for t in range(1, steps + 1)}, 0.99, key, anchors)
+    ids, mask = a.encode([a.render(p) for p in ("hello", "tell me a joke", "x")])
+    collector, obs = StateCollector([L]), GuardObserver(guard)
+    res = sample_diffusion(a, ids, mask, config, [L], [collector, obs], "all-slots")
+    phi = collector.pooled(res.end_step, steps, POOLINGS["all-slots"])[L]
+    assert torch.allclose(obs.signals, sri_signal(phi, anchors.harmless, anchors.harmful), rtol=0, atol=1e-12)
+    assert not any(v.flagged for v in obs.verdicts)
+    obs = GuardObserver(_with_forced_flag(guard, 2))
+    res = sample_diffusion(a, ids, mask, config, [L], [obs], "all-slots")
+    assert res.end_step == [2, 2, 2] and res.ended_by == ["sri-guard"] * 3
+    assert all(v.stop_step == 2 for v in obs.verdicts)

@@ -59,7 +59,7 @@ def trace_prompts(
         "key": trace_key(adapter, sampler, layer_ids, conv.name),
         "settings": {"sampler": sampler.params(), "system_prompt": adapter.system_prompt,
                      "dtype": str(adapter.dtype).removeprefix("torch."), "layers_requested": str(layers),
-                     **(extra_settings or {})},
+                     **_model_conventions(adapter, sampler), **(extra_settings or {})},
         "model": adapter.describe(),
         "pooling": {"name": conv.name, "description": conv.description},
     }
@@ -93,13 +93,24 @@ def trace_prompts(
     return store
 
 
+def _model_conventions(adapter: ModelAdapter, sampler: Any) -> dict[str, Any]:
+    """How a masked diffusion model was driven (mask id, logit shift …): traces that differ here must not mix."""
+    if sampler.kind != "diffusion":
+        return {}
+    if adapter.family.kind != "masked-diffusion":
+        raise SriError(f"the {sampler.name} sampler needs a masked diffusion model, but '{adapter.name}' was loaded "
+                       "as an autoregressive one; load it with sri.models.load_diffusion_model")
+    return {"diffusion_model": adapter.conventions_record()}  # type: ignore[attr-defined]
+
+
 def _generation_length(sampler: Any) -> int:
     return int(getattr(sampler, "gen_length", sampler.steps))
 
 
 def _check_lengths(adapter: ModelAdapter, records: Sequence[PromptRecord], lengths: list[int], limit: int,
                    gen_length: int) -> None:
-    max_pos = getattr(adapter.model.config, "max_position_embeddings", None)
+    config = adapter.model.config
+    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
     for rec, n in zip(records, lengths, strict=True):
         if n > limit:
             raise SriError(f"prompt '{rec.id}' is {n} tokens, over the limit of {limit}; shorten it or raise "

@@ -27,10 +27,13 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_adapter(model: str, device: str, dtype: str, system_prompt: str | None, **kwargs: Any):
-    """Load a model with a spinner; ``kwargs`` go to :func:`sri.models.load_model`."""
-    from ..models import load_model
+def load_adapter(model: str, device: str, dtype: str, system_prompt: str | None, *, diffusion: bool = False,
+                 **kwargs: Any):
+    """Load a model with a spinner; ``kwargs`` go to :func:`sri.models.load_model` (or, with ``diffusion``, to
+    :func:`sri.models.load_diffusion_model`)."""
+    from ..models import load_diffusion_model, load_model
 
     quiet_transformers()
+    loader = load_diffusion_model if diffusion else load_model
     with err.status(f"loading {model} …"):
-        return load_model(model, device=device, dtype=dtype, system_prompt=system_prompt or None, **kwargs)
+        return loader(model, device=device, dtype=dtype, system_prompt=system_prompt or None, **kwargs)

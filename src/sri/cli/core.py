@@ -57,16 +57,34 @@ def trace(
     prompts: Annotated[str, typer.Option(help="JSONL/CSV/TXT prompt file or offline dataset name.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Trace folder (re-running resumes it).")],
     model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
-    steps: Annotated[int, typer.Option(help="Generation steps T.")] = 32,
+    sampler: Annotated[str, typer.Option(help="ar | diffusion | diffusion-ar (AR order on diffusion weights).")] = "ar",
+    steps: Annotated[int, typer.Option(help="Generation steps T (tokens for ar, forward passes for diffusion).")] = 32,
     batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 8,
     layers: Annotated[str, typer.Option(help="final, mid, first, or hidden-state indices, comma-separated.")] = "final",
-    pooling: Annotated[str | None, typer.Option(help="producing | generated (AR).")] = None,
+    pooling: Annotated[str | None, typer.Option(
+        help="producing | generated (ar); all-slots | committed (diffusion).")] = None,
     max_prompts: Annotated[int | None, typer.Option(help="Use only the first K prompts.")] = None,
     label: Annotated[str | None, typer.Option(help="Override every prompt's label.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
-    top_k: Annotated[int, typer.Option(help="0 = off.")] = 0,
-    top_p: Annotated[float, typer.Option(help="1 = off.")] = 1.0,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (diffusion: Gumbel noise scale).")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="0 = off (ar only).")] = 0,
+    top_p: Annotated[float, typer.Option(help="1 = off (ar only).")] = 1.0,
+    remasking: Annotated[str | None, typer.Option(
+        help="diffusion: low_confidence (default) | random | margin | entropy.")] = None,
+    gen_length: Annotated[int | None, typer.Option(
+        help="diffusion: response slots (default 128; diffusion-ar: = steps).")] = None,
+    block_length: Annotated[int | None, typer.Option(
+        help="diffusion: semi-autoregressive block length (default: gen-length, one block).")] = None,
+    cfg_scale: Annotated[float | None, typer.Option(
+        help="diffusion: classifier-free guidance scale (0 = off).")] = None,
+    family: Annotated[str | None, typer.Option(
+        help="diffusion: llada | dream | masked (default: from the model's config).")] = None,
+    mask_id: Annotated[int | None, typer.Option(
+        help="diffusion: mask token id (default: from config/tokenizer).")] = None,
+    logit_shift: Annotated[bool | None, typer.Option(
+        "--logit-shift/--no-logit-shift", help="diffusion: logits at i−1 predict token i (default: family's).")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(
+        help="Run modelling code shipped with the checkpoint (LLaDA, Dream). Only for code you trust.")] = False,
     system_prompt: Annotated[str, typer.Option(help="System prompt ('' for none).")] = "You are a helpful assistant",
     max_prompt_tokens: Annotated[int, typer.Option(help="Reject longer prompts.")] = 4096,
     guard: Annotated[Path | None, typer.Option(help="Guard folder (`sri guard fit`): flag and stop sequences "
@@ -77,21 +95,51 @@ def trace(
 ) -> None:
     """Generate step by step and store per-step pooled hidden states and texts."""
     from ..data import load_prompts
-    from ..sampling import ARConfig
+    from ..sampling import ARConfig, DiffusionConfig
     from ..tracer import trace_prompts
 
-    sampler = ARConfig(steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    diffusion_opts = {"--remasking": remasking, "--gen-length": gen_length, "--block-length": block_length,
+                      "--cfg-scale": cfg_scale, "--family": family, "--mask-id": mask_id,
+                      "--logit-shift": logit_shift}
+    if sampler == "ar":
+        given = [name for name, value in diffusion_opts.items() if value is not None]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise SriError(f"{', '.join(given)} only {verb} to --sampler diffusion or diffusion-ar")
+        config: ARConfig | DiffusionConfig = ARConfig(steps=steps, temperature=temperature, top_k=top_k,
+                                                      top_p=top_p, seed=seed)
+        model_options: dict = {"trust_remote_code": trust_remote_code}
+    elif sampler in ("diffusion", "diffusion-ar"):
+        if top_k != 0 or top_p != 1.0:
+            raise SriError("--top-k/--top-p only apply to --sampler ar; diffusion samples with --temperature")
+        if sampler == "diffusion-ar":
+            if remasking is not None or block_length is not None:
+                raise SriError("--sampler diffusion-ar always commits the leftmost masked slot, one per step; "
+                               "drop --remasking/--block-length")
+            if gen_length is not None and gen_length != steps:
+                raise SriError(f"--sampler diffusion-ar generates one token per step, so --gen-length ({gen_length}) "
+                               f"must equal --steps ({steps}); drop --gen-length")
+            config = DiffusionConfig.ar_order(steps, temperature=temperature, cfg_scale=cfg_scale or 0.0, seed=seed)
+        else:
+            config = DiffusionConfig(steps=steps, gen_length=128 if gen_length is None else gen_length,
+                                     block_length=block_length, remasking=remasking or "low_confidence",
+                                     temperature=temperature, cfg_scale=cfg_scale or 0.0, seed=seed)
+        model_options = {"trust_remote_code": trust_remote_code, "family": family, "mask_id": mask_id,
+                         "logit_shift": logit_shift, "diffusion": True}
+    else:
+        raise SriError(f"sampler '{sampler}' is unknown; use ar, diffusion or diffusion-ar")
     records = load_prompts(prompts, label=label, max_prompts=max_prompts)
-    adapter = load_adapter(model, device, dtype, system_prompt)
+    adapter = load_adapter(model, device, dtype, system_prompt, **model_options)
     observers, extra = [], None
     if guard is not None:
         from ..guard.streaming import attach_guard
 
-        observers, extra = attach_guard(guard, adapter, sampler, layers, pooling, guard_stop)
-    store = trace_prompts(adapter, records, out_dir, sampler=sampler, layers=layers, pooling=pooling,
+        observers, extra = attach_guard(guard, adapter, config, layers, pooling, guard_stop)
+    store = trace_prompts(adapter, records, out_dir, sampler=config, layers=layers, pooling=pooling,
                           batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, observers=observers,
                           extra_settings=extra)
-    err.print(f"[green]{len(store)} traces[/] in {out_dir} (layers {store.layers}, pooling {store.key['pooling']})")
+    err.print(f"[green]{len(store)} traces[/] in {out_dir} (sampler {store.key['sampler']}, layers {store.layers}, "
+              f"pooling {store.key['pooling']})")
     if guard is not None:
         flagged = [r for r in store.rows() if r.get("guard", {}).get("flagged")]
         stopped = sum(r["guard"]["stop_step"] is not None for r in flagged)

@@ -11,8 +11,23 @@ from ..assets import MODELS, model_asset
 from ..errors import SriError
 from .adapter import DEFAULT_SYSTEM_PROMPT, Family, ModelAdapter, folder_fingerprint
 from .causal import CAUSAL_FAMILIES, detect_family
+from .dream import DREAM
+from .llada import LLADA
+from .masked import (
+    GENERIC,
+    DiffusionAdapter,
+    DiffusionFamily,
+    accepts_argument,
+    detect_layout,
+    find_mask_id,
+    make_bidirectional,
+)
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "Family", "ModelAdapter", "load_model", "resolve_model_source"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "DIFFUSION_FAMILIES", "DiffusionAdapter", "DiffusionFamily", "Family",
+           "ModelAdapter", "load_diffusion_model", "load_model", "resolve_model_source"]
+
+#: masked-diffusion families by name; ``--family`` picks one, otherwise the model's config decides
+DIFFUSION_FAMILIES: dict[str, DiffusionFamily] = {f.name: f for f in (LLADA, DREAM, GENERIC)}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -91,3 +106,130 @@ def load_model(
         f"hub:{spec}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
     return ModelAdapter(model=model, tokenizer=tokenizer, family=family, name=spec, fingerprint=fingerprint,
                         system_prompt=system_prompt)
+
+
+def load_diffusion_model(
+    spec: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    trust_remote_code: bool = False,
+    family: str | None = None,
+    mask_id: int | None = None,
+    logit_shift: bool | None = None,
+) -> DiffusionAdapter:
+    """Load a masked diffusion LM (LLaDA, Dream or a generic masked LM) for diffusion sampling.
+
+    The family is ``family`` if given, else the config's ``sri_family``, else the one whose model_type /
+    architecture the config declares, else the generic one. Weights load through the Auto class the checkpoint
+    declares in ``auto_map`` (remote code: only with ``trust_remote_code``), else ``AutoModelForCausalLM`` or
+    ``AutoModelForMaskedLM``. ``mask_id`` and ``logit_shift`` override the family's conventions. Attention is
+    made bidirectional.
+    """
+    from transformers import AutoTokenizer
+
+    if family is not None and family not in DIFFUSION_FAMILIES:
+        raise SriError(f"family '{family}' is unknown; use one of {', '.join(DIFFUSION_FAMILIES)}")
+    source, is_local = resolve_model_source(spec)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    config = _load_config(spec, source, is_local, trust_remote_code)
+    conventions = _pick_family(config, family)
+    auto_class = _auto_class(spec, config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = auto_class.from_pretrained(source, config=config, dtype=torch_dtype,
+                                           trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error(spec, is_local, e) from None
+    model.to(dev).eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.get_output_embeddings() is None:
+        raise SriError(f"'{spec}' loads as {type(model).__name__}, which returns no logits; point --model at a "
+                       "checkpoint with a language-model head")
+
+    resolved_mask, where = (mask_id, "--mask-id") if mask_id is not None else \
+        find_mask_id(conventions, model, tokenizer)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    if resolved_mask is None:
+        raise SriError(f"'{spec}' has no mask token (no mask_token_id in its config, no tokenizer mask token); "
+                       "a diffusion sampler needs one — pass --mask-id ID if the model has one")
+    if not 0 <= resolved_mask < vocab:
+        raise SriError(f"mask id {resolved_mask} (from {where}) is outside the vocabulary of {vocab}; "
+                       "pass the right --mask-id")
+    if tokenizer.pad_token_id == resolved_mask:
+        raise SriError(f"the pad token of '{spec}' is its mask token ({resolved_mask}), so padding would be "
+                       "denoised; give the tokenizer another pad token")
+    layout = detect_layout(model, conventions)
+    if layout is None:
+        raise SriError(f"'{spec}' ({type(model).__name__}) has no known layer layout; add a Family for it in "
+                       "sri/models/causal.py or a DiffusionFamily in sri/models/")
+    make_bidirectional(model)
+    shift = conventions.logit_shift if logit_shift is None else logit_shift
+    resolved = Family(conventions.name, "masked-diffusion", embed=layout.embed, blocks=layout.blocks,
+                      final_norm=layout.final_norm, mask_token_id=resolved_mask, logit_shift=shift)
+    vocab_ids = tokenizer.get_vocab()
+    native = type(model).__module__.startswith("transformers.")
+    fingerprint = folder_fingerprint(Path(source)) if is_local else \
+        f"hub:{spec}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+    return DiffusionAdapter(
+        model=model, tokenizer=tokenizer, family=resolved, name=spec, fingerprint=fingerprint,
+        system_prompt=system_prompt, extra={"layout": layout.name, "mask_id_source": where},
+        conventions=conventions,
+        position_ids=accepts_argument(model, "position_ids"),
+        four_d_mask=conventions.attention_mask == "4d" and not native,
+        extra_stop_ids=[vocab_ids[t] for t in conventions.stop_tokens if t in vocab_ids],
+        forward_kwargs={"use_cache": False} if accepts_argument(model, "use_cache") else {},
+    )
+
+
+def _load_config(spec: str, source: str, is_local: bool, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        if "trust_remote_code" in str(e) and not trust_remote_code:
+            raise SriError(f"'{spec}' ships its own modelling code (auto_map in its config.json); pass "
+                           "--trust-remote-code to run that code — only if you trust its source") from None
+        raise _load_error(spec, is_local, e) from None
+
+
+def _load_error(spec: str, is_local: bool, e: Exception) -> SriError:
+    where = "folder" if is_local else "Hugging Face Hub id"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return SriError(f"could not load {where} '{spec}' ({first[:160]}); check the id/path and, for Hub ids, "
+                    "the network — offline, use a short name from `sri assets list`")
+
+
+def _pick_family(config, name: str | None) -> DiffusionFamily:
+    declared = getattr(config, "sri_family", None)
+    if name is None and declared is not None:
+        if declared not in DIFFUSION_FAMILIES:
+            raise SriError(f"config.json declares sri_family '{declared}', which is unknown; use one of "
+                           f"{', '.join(DIFFUSION_FAMILIES)} or override it with --family")
+        name = declared
+    if name is not None:
+        return DIFFUSION_FAMILIES[name]
+    return next((f for f in (LLADA, DREAM) if f.matches(config)), GENERIC)
+
+
+def _auto_class(spec: str, config):
+    """The Auto class to load with: the checkpoint's own ``auto_map`` entry first, else the native mapping."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+    order = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModel")
+    auto_map = getattr(config, "auto_map", None) or {}
+    for name in order:
+        if name in auto_map:
+            return getattr(transformers, name)
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return transformers.AutoModelForCausalLM
+    if type(config) in MODEL_FOR_MASKED_LM_MAPPING:
+        return transformers.AutoModelForMaskedLM
+    raise SriError(f"'{spec}' ({type(config).__name__}) has no language-model head class in transformers and no "
+                   "auto_map; point --model at a causal or masked LM checkpoint")

@@ -17,6 +17,14 @@ from ..io import atomic_path
 
 COMPLY_COLOUR, REFUSE_COLOUR = "#e8f5e9", "#fdecea"
 _PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+#: fixed colours for the groups every run has, so figures of different runs read the same way
+GROUP_COLOURS = {"harmless · answered": "#2b8cbe", "harmless · refused": "#9ecae1",
+                 "harmful · refused": "#d7301f", "harmful · answered": "#fc8d59",
+                 "jailbreak · refused": "#6a51a3", "jailbreak · answered": "#e7298a"}
+
+
+def group_colour(name: str, index: int) -> str:
+    return GROUP_COLOURS.get(name, _PALETTE[index % len(_PALETTE)])
 
 
 def group_name(row: dict[str, Any]) -> str:
@@ -25,7 +33,7 @@ def group_name(row: dict[str, Any]) -> str:
 
 
 def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title: str = "SRI over generation steps",
-                      reference: Sequence[dict[str, Any]] = (), max_lines: int = 40) -> Path:
+                      reference: Sequence[dict[str, Any]] = (), max_lines: int = 12) -> Path:
     """Two panels sharing the step axis.
 
     Top: σ_t of each prompt (thin), each group's mean with its 25–75% band (bold), the compliance (σ > 0.5,
@@ -38,7 +46,7 @@ def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title:
         groups[group_name(r)].append(r)
     steps = len(rows[0]["sri"])
     x = np.arange(1, steps + 1)
-    fig, (ax, ax_text) = plt.subplots(2, 1, figsize=(9, 6.6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    fig, (ax, ax_text) = plt.subplots(2, 1, figsize=(11, 6.6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     ax.axhspan(0.5, 1.02, color=COMPLY_COLOUR, zorder=0)
     ax.axhspan(-0.02, 0.5, color=REFUSE_COLOUR, zorder=0)
     ax.axhline(0.5, color="#999999", lw=0.8, ls=":")
@@ -46,7 +54,7 @@ def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title:
     ax.text(steps + 0.3, 0.25, "refusal", rotation=90, va="center", fontsize=8, color="#c62828")
 
     for i, (name, members) in enumerate(sorted(groups.items())):
-        colour = _PALETTE[i % len(_PALETTE)]
+        colour = group_colour(name, i)
         sig = np.array([m["sri"] for m in members])
         for s in sig[:max_lines]:
             ax.plot(x, s, color=colour, lw=0.6, alpha=0.25)
@@ -54,7 +62,7 @@ def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title:
         ax.fill_between(x, q25, q75, color=colour, alpha=0.15, lw=0)
         ax.plot(x, sig.mean(0), color=colour, lw=2.2, label=f"{name} (n={len(members)})")
         text = np.array([m["text_signal"] for m in members])
-        ax_text.step(x, text.mean(0), where="mid", color=colour, lw=1.8)
+        ax_text.step(x, text.mean(0), where="mid", color=colour, lw=1.8, alpha=0.9)
 
     ref_rows = reference or rows
     for label, refused, style in (("harmless", False, "--"), ("harmful", True, "-.")):
@@ -66,7 +74,7 @@ def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title:
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("SRI σ_t  (1 = near harmless anchor)")
     ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=7.5, framealpha=0.9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize=8, frameon=False)
     ax_text.set_ylim(-0.05, 1.05)
     ax_text.set_ylabel("text not yet\nrefusing (share)")
     ax_text.set_xlabel("generation step t")

@@ -12,6 +12,7 @@ from typing import Any
 
 from .ar import ARConfig, ar_rows, sample_ar
 from .base import GenerationResult, HiddenCapture, StepEvent, StepObserver
+from .diffusion import DiffusionConfig, diffusion_rows, sample_diffusion
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,10 @@ class SamplerKind:
     rows: Callable[..., list[dict[str, Any]]]
 
 
-SAMPLERS: dict[str, SamplerKind] = {"ar": SamplerKind(run=sample_ar, rows=ar_rows)}
+SAMPLERS: dict[str, SamplerKind] = {
+    "ar": SamplerKind(run=sample_ar, rows=ar_rows),
+    "diffusion": SamplerKind(run=sample_diffusion, rows=diffusion_rows),
+}
 
-__all__ = ["SAMPLERS", "ARConfig", "GenerationResult", "HiddenCapture", "SamplerKind", "StepEvent",
-           "StepObserver", "sample_ar"]
+__all__ = ["SAMPLERS", "ARConfig", "DiffusionConfig", "GenerationResult", "HiddenCapture", "SamplerKind",
+           "StepEvent", "StepObserver", "sample_ar", "sample_diffusion"]

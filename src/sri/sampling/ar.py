@@ -28,6 +28,7 @@ class ARConfig:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
+    ignore_eos: bool = False  # always run T steps (fixed-length traces, benchmarks)
 
     kind = "ar"  # family of pooling conventions
     name = "ar"  # what the compatibility key records
@@ -67,7 +68,7 @@ def sample_ar(
     trailing_forward = pooling == "generated"
     model = adapter.model
     B, T = input_ids.shape[0], config.steps
-    eos = torch.tensor(adapter.eos_token_ids, device=input_ids.device)
+    eos = torch.tensor([] if config.ignore_eos else adapter.eos_token_ids, dtype=torch.long, device=input_ids.device)
     pad = adapter.pad_token_id
     warpers = _warpers(config)
     generator = torch.Generator(device=input_ids.device).manual_seed(config.seed) if warpers else None
