@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from sri.evaluate import AttackSpec, EvalConfig, evaluate_sets, prompt_sets
 from sri.guard import Guard
@@ -11,10 +12,19 @@ from sri.trace import TraceStore
 pytestmark = pytest.mark.refusal
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models gain nothing from a second thread, and on a busy 2-core machine hand-offs dominate."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_small_end_to_end_eval(qwen05, offline_data, tmp_path) -> None:
     config = EvalConfig(steps=4, n_anchor=3, n_fit=6, n_calibrate=3, n_harmless=3, n_overrefusal=2, n_behaviours=2,
                         attacks=[AttackSpec("prefix_injection", template="prefix_injection")],
-                        smoothllm_copies=2, smoothllm_max_prompts=1, bootstrap=50)
+                        smoothllm_copies=2, smoothllm_max_prompts=2, bootstrap=50)
     sets = prompt_sets(config)
     fit_ids = {r.id for name in ("fit", "calibrate") for r in sets[name]}
     assert not fit_ids & {r.id for r in sets["prefix_injection"] + sets["harmful"]}
@@ -32,7 +42,7 @@ def test_small_end_to_end_eval(qwen05, offline_data, tmp_path) -> None:
             assert 0 <= d[metric]["low"] <= d[metric]["value"] <= d[metric]["high"] <= 1
         assert d["rr_jailbreak"]["value"] + d["asr_jailbreak_keyword_proxy"]["value"] == pytest.approx(1)
     smooth = results["defenses"][-1]
-    assert smooth["n_per_set"] == {"harmless-test": 1, "overrefusal": 1, "harmful": 1, "prefix_injection": 1}
+    assert smooth["n_per_set"] == {"harmless-test": 2, "overrefusal": 2, "harmful": 2, "prefix_injection": 2}
     undefended = results["defenses"][0]  # every defense blocks at least what the model itself refuses
     assert all(d["rr_jailbreak"]["value"] >= undefended["rr_jailbreak"]["value"]
                for d in results["defenses"][1:3])

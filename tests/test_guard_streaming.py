@@ -23,6 +23,15 @@ T = 8
 WORDS = ["cat", "dog", "sun", "tree", "car", "book", "red", "blue", "fish", "moon", "rain", "snow"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models gain nothing from a second thread, and on a busy 2-core machine hand-offs dominate."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _records(n: int, start: int = 0) -> list[PromptRecord]:
     return [PromptRecord(id=f"p{i}", prompt=f"{WORDS[i % 12]} and {WORDS[(5 * i) % 12]} #{i}", label="harmless")
             for i in range(start, start + n)]

@@ -450,7 +450,8 @@ def _jsonable_config(config: EvalConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ tables
 def tables_markdown(results: dict[str, Any]) -> str:
     """Table 13 (defenses), detection quality, Table 4 (ablation) and early-stop statistics as Markdown."""
-    ci = lambda m: f"{100 * m['value']:.1f} [{100 * m['low']:.1f}, {100 * m['high']:.1f}]"
+    ci = lambda m: f"{100 * m['value']:.1f}" + ("" if np.isnan(m["low"]) else
+                                                 f" [{100 * m['low']:.1f}, {100 * m['high']:.1f}]")
     cfg = results["config"]
     lines = [f"# Guard evaluation — {cfg['model']} (AR, greedy, T={cfg['steps']}, pooling {cfg['pooling']})", "",
              results["no_attack_in_fit"], "",
