@@ -45,6 +45,8 @@ def trace_prompts(
 
     Prompts are checked (length) before anything is written, batched by length to limit padding, and every
     batch is written as one atomic shard, so an interrupted run resumes without losing or duplicating records.
+    Observers may add per-row fields through ``result.extra['row_fields']`` (e.g. a guard's verdicts);
+    ``extra_settings`` (e.g. the guard used) are recorded with the settings, so a resume must use the same ones.
     """
     sampler = sampler or ARConfig()
     if batch_size <= 0:
