@@ -52,6 +52,8 @@ from .signal import Anchors, compute_signals, fit_anchors
 from .trace import TraceStore
 
 EVAL_SETS = ("harmless", "harmful")
+#: sampler kind → name of its config class in :mod:`sri.sampling`
+SAMPLER_CONFIGS = {"ar": "ARConfig", "diffusion": "DiffusionConfig"}
 
 
 # --------------------------------------------------------------------------------------------- the config
@@ -225,7 +227,7 @@ def build_sampler(spec: dict[str, Any]) -> Any:
 
     params = dict(spec)
     kind = params.pop("kind", "ar")
-    cls = getattr(sampling, f"{str(kind).capitalize()}Config", None) if kind in sampling.SAMPLERS else None
+    cls = getattr(sampling, SAMPLER_CONFIGS.get(str(kind), ""), None) if kind in sampling.SAMPLERS else None
     if cls is None:
         raise SriError(f"config: sampler kind '{kind}' is not available; use one of {', '.join(sampling.SAMPLERS)}")
     try:
@@ -235,33 +237,30 @@ def build_sampler(spec: dict[str, Any]) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- prompts
-def select_prompts(ps: PromptSet, label: str, seed: int, skip: int = 0) -> list[PromptRecord]:
-    """``ps.n`` prompts after ``skip`` from the seeded shuffle of ``ps.dataset`` filtered by ``ps.where``."""
+def select_prompts(ps: PromptSet, label: str, seed: int, exclude: set[str] = frozenset()) -> list[PromptRecord]:
+    """The first ``ps.n`` prompts of the seeded shuffle of ``ps.dataset`` that match ``ps.where`` and whose
+    normalised text is not in ``exclude``."""
     records = load_prompts(ps.dataset, label=label, shuffle_seed=seed)
-    records = [r for r in records if all(str(r.meta.get(k)) == str(v) for k, v in ps.where.items())]
-    chosen = records[skip:skip + ps.n]
-    if len(chosen) < ps.n:
-        raise SriError(f"{ps.dataset} has {max(len(records) - skip, 0)} prompts left for this set (after {skip} "
-                       f"used elsewhere and the 'where' filter) but {ps.n} were asked for; ask for fewer")
-    return chosen
+    records = [r for r in records if all(str(r.meta.get(k)) == str(v) for k, v in ps.where.items())
+               and normalise(r.prompt) not in exclude]
+    if len(records) < ps.n:
+        raise SriError(f"{ps.dataset} has {len(records)} prompts left for this set (after the 'where' filter and "
+                       f"removing anchor prompts) but {ps.n} were asked for; ask for fewer")
+    return records[:ps.n]
 
 
 def prompt_sets(cfg: ExperimentConfig) -> dict[str, list[PromptRecord]]:
-    """Anchor and evaluation prompt sets, disjoint by construction and checked."""
+    """Anchor and evaluation prompt sets. Evaluation prompts are drawn after removing every anchor prompt, so
+    they never overlap: from one dataset they are the next prompts of the same seeded shuffle."""
     sets: dict[str, list[PromptRecord]] = {}
     anchor_sets = {"harmless": cfg.anchors.harmless, "harmful": cfg.anchors.harmful}
     for kind in EVAL_SETS:
         a = anchor_sets[kind]
+        used: set[str] = set()
         if a is not None:
             sets[f"anchor-{kind}"] = select_prompts(a, kind, cfg.seed)
-        e = getattr(cfg.eval, kind)
-        same = a is not None and a.dataset == e.dataset and a.where == e.where
-        sets[kind] = select_prompts(e, kind, cfg.seed, skip=a.n if same else 0)
-        if a is not None:
-            anchor_texts = {normalise(r.prompt) for r in sets[f"anchor-{kind}"]}
-            clash = next((r.id for r in sets[kind] if normalise(r.prompt) in anchor_texts), None)
-            if clash:
-                raise SriError(f"evaluation prompt '{clash}' is also an anchor prompt; use disjoint prompt sets")
+            used = {normalise(r.prompt) for r in sets[f"anchor-{kind}"]}
+        sets[kind] = select_prompts(getattr(cfg.eval, kind), kind, cfg.seed, exclude=used)
     return sets
 
 
