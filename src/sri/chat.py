@@ -96,33 +96,62 @@ def continuation_logprob(adapter: ModelAdapter, rendered: Sequence[str], target_
     return torch.cat(scores), torch.cat(starts)
 
 
+class PrefixCache:
+    """The KV cache of one prompt prefix, reused for many continuations of it.
+
+    Continuations are tokenized on their own and left-padded *after* the prefix (padding masked out, positions
+    continuing from the prefix), so only their tokens are computed. Equal to scoring the joined token
+    sequences one by one.
+    """
+
+    def __init__(self, adapter: ModelAdapter, prefix: str) -> None:
+        self.adapter = adapter
+        tok = adapter.tokenizer
+        ids = tok(prefix, add_special_tokens=not adapter.uses_chat_template, return_tensors="pt")["input_ids"]
+        self.length = ids.shape[1]
+        self.cache = DynamicCache(config=adapter.model.config)
+        with torch.inference_mode():
+            adapter.model(input_ids=ids.to(adapter.device), cache=self.cache, use_cache=True, logits_to_keep=1)
+
+    def logits(self, suffixes: Sequence[str], append: Sequence[int] = (), keep: int = 1) -> torch.Tensor:
+        """Logits ``[B, keep, V]`` of the last ``keep`` positions of prefix + suffix_i + ``append`` (token ids
+        appended to every row, e.g. a target continuation)."""
+        adapter = self.adapter
+        enc = adapter.tokenizer(list(suffixes), add_special_tokens=False, padding=True, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        b = ids.shape[0]
+        if append:
+            extra = torch.tensor(list(append), dtype=ids.dtype).expand(b, len(append))
+            ids, mask = torch.cat([ids, extra], 1), torch.cat([mask, torch.ones_like(extra)], 1)
+        ids, mask = ids.to(adapter.device), mask.to(adapter.device)
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(b)
+        full_mask = torch.cat([mask.new_ones(b, self.length), mask], dim=1)
+        pos = self.length + (mask.long().cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = adapter.model(input_ids=ids, attention_mask=full_mask, position_ids=pos, cache=cache,
+                                use_cache=True, logits_to_keep=keep)
+        return out.logits.float()
+
+
 def prefixed_next_token_logprobs(adapter: ModelAdapter, prefix: str, suffixes: Sequence[str],
                                  batch_size: int = 8) -> torch.Tensor:
-    """log p(next token | prefix + suffix_i) for every suffix: ``[N, V]``, computing the shared prefix once.
-
-    The prefix runs once into a KV cache that every batch reuses; the suffixes are tokenized on their own and
-    left-padded *after* the prefix (padding masked out, positions continuing from the prefix), so only suffix
-    tokens are computed per item. Equal to scoring the joined token sequences one by one.
-    """
-    tok = adapter.tokenizer
-    model = adapter.model
-    prefix_ids = tok(prefix, add_special_tokens=not adapter.uses_chat_template, return_tensors="pt")["input_ids"]
-    prefix_ids = prefix_ids.to(adapter.device)
-    n_prefix = prefix_ids.shape[1]
-    rows = []
-    with torch.inference_mode():
-        base = DynamicCache(config=model.config)
-        model(input_ids=prefix_ids, cache=base, use_cache=True, logits_to_keep=1)
-        for start in range(0, len(suffixes), batch_size):
-            enc = tok(list(suffixes[start:start + batch_size]), add_special_tokens=False, padding=True,
-                      return_tensors="pt")
-            ids, mask = enc["input_ids"].to(adapter.device), enc["attention_mask"].to(adapter.device)
-            b = ids.shape[0]
-            cache = copy.deepcopy(base)
-            cache.batch_repeat_interleave(b)
-            full_mask = torch.cat([mask.new_ones(b, n_prefix), mask], dim=1)
-            pos = n_prefix + (mask.long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True,
-                           logits_to_keep=1).logits
-            rows.append(torch.log_softmax(logits[:, -1, :].float(), -1).cpu())
+    """log p(next token | prefix + suffix_i) for every suffix: ``[N, V]``, computing the shared prefix once."""
+    shared = PrefixCache(adapter, prefix)
+    rows = [torch.log_softmax(shared.logits(suffixes[s:s + batch_size])[:, -1, :], -1).cpu()
+            for s in range(0, len(suffixes), batch_size)]
     return torch.cat(rows) if rows else torch.zeros(0, 0)
+
+
+def prefixed_continuation_logprob(shared: PrefixCache, suffixes: Sequence[str], target_ids: Sequence[int],
+                                  batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`continuation_logprob` for the texts ``prefix + suffix_i``, reusing the prefix's cache."""
+    target = torch.tensor(list(target_ids), dtype=torch.long)
+    k = len(target)
+    scores, starts = [], []
+    for s in range(0, len(suffixes), batch_size):
+        logits = shared.logits(suffixes[s:s + batch_size], append=target.tolist(), keep=k + 1)[:, :k, :].cpu()
+        logp = torch.log_softmax(logits, -1)
+        scores.append(logp.gather(-1, target.expand(logp.shape[0], k).unsqueeze(-1)).squeeze(-1).sum(-1))
+        starts.append(logits[:, 0, :].argmax(-1) == target[0])
+    return torch.cat(scores), torch.cat(starts)

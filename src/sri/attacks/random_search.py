@@ -6,6 +6,9 @@ the log-probability that the response starts with the target string y (default "
 
     J(s) = log p(y | x(s)) = Σ_j log p(y_j | x(s), y_<j)
 
+The part of x(s) before the suffix is run once per behaviour and cached (:class:`~sri.chat.PrefixCache`); each
+candidate costs only its own suffix tokens.
+
 Each iteration proposes ``candidates`` suffixes, each replacing ``change_tokens`` contiguous tokens of the
 current best at a random position with random printable tokens, scores them in one batch, and keeps the best
 if it beats the current one. It stops after ``iterations`` (the query budget is iterations × candidates per
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..chat import continuation_logprob
+from ..chat import PrefixCache, prefixed_continuation_logprob
 from ..data import PromptRecord
 from ..errors import SriError
 from ..progress import progress_bar
@@ -76,10 +79,27 @@ def random_search(records: list[PromptRecord], *, context: AttackContext, target
     def text_of(i: int, suffix: np.ndarray) -> str:
         return ADAPTIVE_TEMPLATE.format(request=records[i].prompt) + " " + tok.decode(suffix.tolist())
 
+    # the rendered prompt is prefix_i + " " + suffix + tail: the prefix (system turn, template, request) is
+    # computed once per behaviour and every candidate only runs its suffix, the end of the turn and the target
+    split = "\u0000"
+    prefixes, tails = [], []
+    for r in records:
+        head, tail = adapter.render(ADAPTIVE_TEMPLATE.format(request=r.prompt) + split).split(split)
+        prefixes.append(head)
+        tails.append(tail)
+    caches: dict[int, PrefixCache] = {}
+
     def score(items: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        rendered = [adapter.render(text_of(i, s)) for i, s in items]
-        logp, starts = continuation_logprob(adapter, rendered, target_ids, batch_size=batch_size)
-        return logp.numpy().astype(float), starts.numpy()
+        logp = np.zeros(len(items))
+        starts = np.zeros(len(items), dtype=bool)
+        for i in dict.fromkeys(i for i, _ in items):
+            rows = [n for n, (j, _) in enumerate(items) if j == i]
+            if i not in caches:
+                caches[i] = PrefixCache(adapter, prefixes[i])
+            suffixes = [" " + tok.decode(items[n][1].tolist()) + tails[i] for n in rows]
+            lp, st = prefixed_continuation_logprob(caches[i], suffixes, target_ids, batch_size=batch_size)
+            logp[rows], starts[rows] = lp.numpy(), st.numpy()
+        return logp, starts
 
     best, hit = score(list(enumerate(suffixes)))
     start_logp = best.copy()
