@@ -15,6 +15,7 @@ from sri.analysis import (
     lda_projection,
     revision_recovery,
     share,
+    step_verdicts,
 )
 from sri.errors import SriError
 
@@ -129,4 +130,43 @@ def test_analyze_signals_groups_and_flags() -> None:
     assert groups["flip"]["incomplete_recovery"]["value"] == 1.0
     assert groups["harmless"]["incomplete_recovery"]["value"] == 0.0
     assert len(result["flags"]) == len(rows) and result["geometry"]["train_accuracy"] == 1.0
-    assert groups["flip"]["revision_recovery"] is None
+    assert groups["flip"]["revision_recovery"] is None  # AR-like rows: no step verdicts
+    for i, r in enumerate(row for row in rows if row["group"] == "flip"):
+        r["step_harmful"] = [True, False, False] if i % 2 else [False, True, True]
+    flip = next(g for g in analyze_signals(rows, resamples=50)["groups"] if g["group"] == "flip")
+    assert flip["revision_recovery"]["hrr"]["value"] == 0.5 and flip["revision_recovery"]["frr"]["value"] == 0.5
+
+
+def _harmful_if_it_gives_steps(requests, texts):
+    """A rule judge for hand-built traces: a text is harmful when it lists steps."""
+    return ["Step 1" in t for t in texts]
+
+
+def test_hrr_frr_from_hand_built_diffusion_traces() -> None:
+    masked = "<m><m><m>"
+    rows = [
+        # a harmful draft at step 2 is remasked and the final answer refuses → HRR and FRR
+        {"id": "a", "prompt": "p", "meta": {"behavior": "do x"},
+         "step_predicted_texts": ["Sure", "Step 1: mix", "I cannot", "I cannot help", "I cannot help."]},
+        # harmful from step 1 to the end → neither
+        {"id": "b", "prompt": "p", "step_predicted_texts": ["Step 1: a"] * 5},
+        # never harmful → not in the denominator
+        {"id": "c", "prompt": "p", "step_predicted_texts": [masked] * 5},
+        # an autoregressive row has no predicted texts: skipped
+        {"id": "ar", "prompt": "p", "step_texts": ["Step 1"] * 5},
+    ]
+    seen = []
+
+    def judge(requests, texts):
+        seen.extend(requests)
+        return _harmful_if_it_gives_steps(requests, texts)
+
+    verdicts = step_verdicts(rows, judge, stride=1)
+    assert set(verdicts) == {"a", "b", "c"} and "do x" in seen  # attacks are judged against the behaviour
+    assert verdicts["a"] == {"step_harmful_steps": [1, 2, 3, 4, 5],
+                             "step_harmful": [False, True, False, False, False]}
+    r = revision_recovery([verdicts[k]["step_harmful"] for k in ("a", "b", "c")], resamples=50)
+    assert (r["with_harmful_intermediate"], r["hrr"]["value"], r["frr"]["value"]) == (2, 0.5, 0.5)
+    strided = step_verdicts(rows[:1], _harmful_if_it_gives_steps, stride=2)
+    assert strided["a"]["step_harmful_steps"] == [2, 4, 5]
+    assert step_verdicts(rows[3:], _harmful_if_it_gives_steps) == {}  # AR traces: skipped cleanly

@@ -183,6 +183,27 @@ def judged_steps(steps: int, stride: int) -> list[int]:
     return picked
 
 
+def step_verdicts(rows: Sequence[dict[str, Any]], judge: Callable[[list[str], list[str]], Sequence[bool]],
+                  stride: int = 1) -> dict[str, dict[str, Any]]:
+    """Judge the model's predicted text at the judged steps of every diffusion trace row.
+
+    Rows need ``step_predicted_texts`` (the full predicted text at each denoising step); AR rows have none and
+    are skipped, so the result is empty for AR traces. ``judge(requests, texts)`` says which texts are harmful;
+    the request is the behaviour (``meta.behavior``) when the row is an attack, else the prompt. Returns
+    id → ``{step_harmful_steps (1-based), step_harmful}``, ready for :func:`revision_recovery`.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        predicted = r.get("step_predicted_texts")
+        if not predicted:
+            continue
+        idx = judged_steps(len(predicted), stride)
+        request = str((r.get("meta") or {}).get("behavior") or r["prompt"])
+        verdicts = judge([request] * len(idx), [predicted[i] for i in idx])
+        out[r["id"]] = {"step_harmful_steps": [i + 1 for i in idx], "step_harmful": [bool(v) for v in verdicts]}
+    return out
+
+
 # --------------------------------------------------------------------------------------------- geometry
 def geometry_label(row: dict[str, Any]) -> str:
     """harmless (answered), refused (any prompt the keyword judge calls refused), jailbreak (answered attack),

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .analysis import LAMBDA_C, LAMBDA_R, analyze_run, judged_steps
+from .analysis import LAMBDA_C, LAMBDA_R, analyze_run, step_verdicts
 from .attacks import AttackContext, get_attack, run_attack
 from .data import PromptRecord, load_prompts
 from .errors import SriError
@@ -482,16 +482,10 @@ def _judge(run: _Run, stores: dict[str, TraceStore]) -> dict[str, dict[str, dict
             chunk = pending[start:start + 4 * run.cfg.judge.batch_size]
             requests = [str(r.get("meta", {}).get("behavior") or r["prompt"]) for r in chunk]
             p = judge.scores(requests, [r["response"] for r in chunk])
-            for r, req, score in zip(chunk, requests, p, strict=True):
-                entry: dict[str, Any] = {"id": r["id"], "llm_harmful_p": float(score),
-                                         "llm_harmful": bool(score > judge.threshold)}
-                predicted = r.get("step_predicted_texts")
-                if predicted:
-                    idx = judged_steps(len(predicted), run.cfg.judge.hrr_stride)
-                    step_p = judge.scores([req] * len(idx), [predicted[i] for i in idx])
-                    entry["step_harmful_steps"] = [i + 1 for i in idx]
-                    entry["step_harmful"] = [bool(v > judge.threshold) for v in step_p]
-                done[r["id"]] = entry
+            steps = step_verdicts(chunk, judge.verdicts, run.cfg.judge.hrr_stride)
+            for r, score in zip(chunk, p, strict=True):
+                done[r["id"]] = {"id": r["id"], "llm_harmful_p": float(score),
+                                 "llm_harmful": bool(score > judge.threshold), **steps.get(r["id"], {})}
             write_jsonl(path, list(done.values()))
             run.log(f"judged {len(done)}/{len(store)} of {name}")
         out[name] = {k: {f: v for f, v in e.items() if f != "id"} for k, e in done.items()}
