@@ -135,6 +135,12 @@ def test_whole_run_on_a_tiny_model_resumes(tiny_llama_dir, tmp_path) -> None:
     assert len(read_json(run_dir / "provenance.json")["sessions"]) == 2
     assert read_jsonl(run_dir / "signals.jsonl") == rows
 
+    # another judge threshold: judged again, nothing traced again
+    config["judge"]["threshold"] = 0.0
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    run_experiment(path, run_dir, progress=False)
+    assert sorted(p.name for p in (run_dir / "traces").rglob("*.jsonl")) == shards
+    assert all(r["llm_harmful"] for r in read_jsonl(run_dir / "signals.jsonl") if r["group"] != "harmless")
     config["batch_size"] = 2
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     with pytest.raises(SriError, match="another configuration"):

@@ -14,7 +14,9 @@ Everything lands in one run folder (``out`` or ``results/<name>``)::
     signals.jsonl          one row per evaluated prompt: SRI, text signal, verdicts, group
     analysis.json, flags.jsonl, figures/, report.html
 
-Every stage skips finished work, so an interrupted run resumes where it stopped with the same command.
+Every stage skips finished work, so an interrupted run resumes where it stopped with the same command. The
+``judge`` and ``analysis`` sections may change between runs of one folder: the responses are then judged
+again (and analysed again) without tracing anything.
 Evaluation prompts never overlap anchor prompts: when both come from one dataset they are disjoint slices of
 one seeded shuffle, and the texts are checked.
 """
@@ -356,7 +358,7 @@ def run_experiment(config: str | Path | ExperimentConfig, out: str | Path | None
     else:
         cfg, text = load_config(config)
     run_dir = Path(out) if out is not None else Path("results") / cfg.name
-    _claim_folder(run_dir, cfg, text)
+    _claim_folder(run_dir, cfg, text, log)
     run = _Run(cfg, run_dir, progress, log)
     t_start = time.perf_counter()
     sets = prompt_sets(cfg)
@@ -394,13 +396,26 @@ def run_experiment(config: str | Path | ExperimentConfig, out: str | Path | None
     return report
 
 
-def _claim_folder(run_dir: Path, cfg: ExperimentConfig, text: str) -> None:
+#: config sections that only steer cheap stages: changing them reruns those stages instead of refusing the folder
+_RERUNNABLE = ("judge", "analysis")
+
+
+def _claim_folder(run_dir: Path, cfg: ExperimentConfig, text: str, log: Callable[[str], None]) -> None:
+    """Claim ``run_dir`` for ``cfg``. A folder of another experiment is refused; a changed ``judge`` section
+    discards the judgements (they are made again), a changed ``analysis`` section needs nothing discarded."""
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        old = parse_config(yaml.safe_load(saved.read_text(encoding="utf-8")))
-        if dataclasses.asdict(old) != dataclasses.asdict(cfg):
+        old = dataclasses.asdict(parse_config(yaml.safe_load(saved.read_text(encoding="utf-8"))))
+        new = dataclasses.asdict(cfg)
+        if {k: v for k, v in old.items() if k not in _RERUNNABLE} != \
+                {k: v for k, v in new.items() if k not in _RERUNNABLE}:
             raise SriError(f"{run_dir} holds a run with another configuration ({saved}); use another --out folder "
-                           "or the same config to resume")
+                           "or the same config to resume (only 'judge' and 'analysis' may change)")
+        if old["judge"] != new["judge"]:
+            log("judge settings changed: the responses will be judged again")
+            shutil.rmtree(run_dir / "judgements", ignore_errors=True)
+        if old != new:
+            write_text_atomic(saved, text)
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         raise SriError(f"{run_dir} exists and is not an experiment folder; choose an empty or new --out folder")

@@ -64,10 +64,10 @@ def _frac(est: dict[str, Any] | None) -> str:
 
 
 def pick_examples(rows: list[dict[str, Any]], flags: dict[str, dict[str, Any]], k: int = 4) -> list[dict[str, Any]]:
-    """Rows for single-prompt panels: flagged incomplete recoveries first (deepest dip), then one refused harmful
-    and one answered harmless prompt, up to ``k``."""
+    """Rows for single-prompt panels: flagged incomplete recoveries first (jailbreaks, deepest dip first), then
+    one refused harmful and one answered harmless prompt, up to ``k``."""
     flagged = sorted((r for r in rows if flags.get(r["id"], {}).get("flag")),
-                     key=lambda r: flags[r["id"]]["min_sigma_after"])
+                     key=lambda r: (r["label"] != "jailbreak", flags[r["id"]]["min_sigma_after"]))
     picked = flagged[: max(k - 2, 1)]
     for want in (lambda r: r["label"] != "harmless" and r["refused"], lambda r: r["label"] == "harmless"):
         extra = next((r for r in rows if want(r) and r not in picked), None)
