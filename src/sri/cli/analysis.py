@@ -1,0 +1,224 @@
+"""Analysis commands: attack, judge-llm, judge-calibrate, analyze, report, run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from ..errors import SriError
+from .app import DeviceOpt, DtypeOpt, app, err, load_adapter, out, quiet_transformers
+
+
+def _parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as YAML scalars (numbers, true/false, null, strings)."""
+    options: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SriError(f"--option '{item}' is not key=value; e.g. --option iterations=10")
+        key, value = item.split("=", 1)
+        options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return options
+
+
+# ----------------------------------------------------------------------------------------------- attack
+@app.command()
+def attack(
+    name: Annotated[str | None, typer.Option("--attack", "-a", help="Attack name (see --list).")] = None,
+    prompts: Annotated[str | None, typer.Option(help="Harmful behaviours: file or offline dataset name.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="JSONL of jailbreak prompts.")] = None,
+    list_attacks: Annotated[bool, typer.Option("--list", help="List the attacks and their options.")] = False,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Attack option key=value.")] = None,
+    max_prompts: Annotated[int | None, typer.Option(help="Attack only the first K behaviours.")] = None,
+    shuffle_seed: Annotated[int | None, typer.Option(help="Shuffle the behaviours with this seed first.")] = None,
+    seed: Annotated[int, typer.Option(help="Attack seed.")] = 0,
+    model: Annotated[str, typer.Option("--model", "-m", help="Target model (attacks that run one).")] =
+        "qwen2.5-coder-0.5b-instruct",
+    attacker: Annotated[str | None, typer.Option(help="PAIR attacker model (default: the target).")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Turn harmful behaviours into jailbreak prompts; each output row keeps behavior_id, behavior and attack."""
+    from ..attacks import ATTACKS, AttackContext, get_attack, run_attack
+    from ..data import load_prompts
+    from ..io import write_jsonl
+
+    if list_attacks:
+        table = Table(title="attacks")
+        for col in ("name", "family", "runs model", "models", "options", "what"):
+            table.add_column(col)
+        for spec in ATTACKS.values():
+            opts = ", ".join(f"{k}={v!r}" for k, v in spec.options().items())
+            table.add_row(spec.name, spec.family, "yes" if spec.needs_target else "", "/".join(spec.model_kinds),
+                          opts, spec.description)
+        out.print(table)
+        return
+    if not name or not prompts or out_file is None:
+        raise SriError("give --attack NAME --prompts FILE --out FILE (or --list)")
+    spec = get_attack(name)
+    options = _parse_options(option)
+    records = load_prompts(prompts, max_prompts=max_prompts, shuffle_seed=shuffle_seed)
+    context = AttackContext(seed=seed, progress=True)
+    if spec.needs_target or name == "dija":
+        context.target = load_adapter(model, device, dtype, "You are a helpful assistant")
+    if attacker:
+        context.attacker = load_adapter(attacker, device, dtype, "You are a helpful assistant")
+    rows = [r.to_row() for r in run_attack(name, records, context, **options)]
+    write_jsonl(out_file, rows)
+    err.print(f"[green]{len(rows)} {name} prompts[/] → {out_file}")
+
+
+# ----------------------------------------------------------------------------------------------- judges
+@app.command("judge-llm")
+def judge_llm(
+    input_file: Annotated[Path, typer.Option("--input", help="JSONL rows or a trace folder.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Rows with llm_complies_p / llm_complies added.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Judge model ('auto': 1.5B if fetched).")] = "auto",
+    threshold: Annotated[float, typer.Option(help="p(yes) above this counts as compliance.")] = 0.5,
+    request_field: Annotated[str, typer.Option(help="Request text: meta.behavior when present, else this.")] =
+        "prompt",
+    response_field: Annotated[str, typer.Option(help="Field with the response.")] = "response",
+    max_chars: Annotated[int, typer.Option(help="Trim requests/responses to this many characters.")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="Pairs per forward pass.")] = 8,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """LLM judge of attack success: does each response really do what its request asks?"""
+    from ..io import read_jsonl, write_jsonl
+    from ..llm_judge import LLMJudge, default_judge_model
+    from ..trace import TraceStore
+
+    rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
+    requests, responses = [], []
+    for i, r in enumerate(rows):
+        meta = r.get("meta") if isinstance(r.get("meta"), dict) else {}
+        req = meta.get("behavior") or r.get("behavior") or r.get(request_field)
+        if not isinstance(req, str) or not isinstance(r.get(response_field), str):
+            raise SriError(f"{input_file} row {i + 1} lacks a request ('{request_field}') or a response "
+                           f"('{response_field}'); choose the fields with --request-field / --response-field")
+        requests.append(req)
+        responses.append(r[response_field])
+    adapter = load_adapter(default_judge_model() if model == "auto" else model, device, dtype, None)
+    judge = LLMJudge(adapter, threshold=threshold, batch_size=batch_size, max_chars=max_chars)
+    scores = judge.scores(requests, responses, progress=True)
+    judged = [{**r, "llm_complies_p": float(p), "llm_complies": bool(p > threshold)} for r, p in zip(rows, scores,
+                                                                                                     strict=True)]
+    write_jsonl(out_file, judged)
+    n = sum(r["llm_complies"] for r in judged)
+    err.print(f"{n}/{len(judged)} judged compliant by {judge.name} (threshold {threshold}) → {out_file}")
+
+
+@app.command("judge-calibrate")
+def judge_calibrate(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="LLM judge model(s) to calibrate.")] =
+        None,
+    keyword_only: Annotated[bool, typer.Option("--keyword-only", help="Calibrate only the keyword judge.")] = False,
+    labels: Annotated[str, typer.Option(help="Labelled rows (objective, response, refused).")] =
+        "refusal-judgements",
+    max_rows: Annotated[int | None, typer.Option(help="Use only the first K labelled rows.")] = None,
+    max_chars: Annotated[int, typer.Option(help="Trim responses for the LLM judge.")] = 800,
+    batch_size: Annotated[int, typer.Option(help="Pairs per forward pass.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the fit / held-out split.")] = 0,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the full result (JSON).")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Measure the keyword and LLM judges against pyrit's human refusal labels: accuracy and Cohen's κ."""
+    from ..assets import DATASETS, dataset_path
+    from ..io import read_jsonl, write_json
+    from ..judges import is_refusal
+    from ..llm_judge import LLMJudge, calibrate, default_judge_model
+
+    rows = read_jsonl(dataset_path(labels) if labels in DATASETS else labels)[:max_rows]
+    scorers = {}
+    for name in ([] if keyword_only else (model or [default_judge_model()])):
+        adapter = load_adapter(name, device, dtype, None)
+        judge = LLMJudge(adapter, batch_size=batch_size, max_chars=max_chars)
+        scorers[judge.name] = lambda o, r, j=judge: j.scores(o, r, progress=True)
+    result = calibrate(rows, verdict_judges={"keyword (Table 12)": lambda o, r: [is_refusal(x) for x in r]},
+                       score_judges=scorers, seed=seed)
+    table = Table(title=f"refusal judges vs human labels ({labels}: {result['n']} rows, held-out half "
+                        f"{result['n_test']})")
+    for col in ("judge", "accuracy", "Cohen's κ", "threshold", "κ at 0.5", "AUROC", "all-rows acc / κ"):
+        table.add_column(col, justify="right")
+    for name, r in result["judges"].items():
+        everything = r.get("all_rows")
+        table.add_row(name, f"{r['accuracy']:.3f}", f"{r['kappa']:.3f}",
+                      f"{r['threshold']:.3f}" if "threshold" in r else "–",
+                      f"{r['at_0.5']['kappa']:.3f}" if "at_0.5" in r else "–",
+                      f"{r['auroc']:.3f}" if r.get("auroc") is not None else "–",
+                      f"{everything['accuracy']:.3f} / {everything['kappa']:.3f}" if everything else "–")
+    out.print(table)
+    if out_file:
+        write_json(out_file, result)
+        err.print(f"→ {out_file}")
+
+
+# ----------------------------------------------------------------------------------------------- analysis
+@app.command()
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="Folder with signals.jsonl (from `sri run`, `sri demo`, …).")],
+    lambda_c: Annotated[float, typer.Option(help="λ_c: 'was compliant' threshold.")] = 0.5,
+    lambda_r: Annotated[list[float] | None, typer.Option(help="λ_r thresholds (repeatable).")] = None,
+    lambda_dip: Annotated[float, typer.Option(help="Dip threshold for incomplete-recovery flags.")] = 0.5,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Recovery metrics (RR, ASR, IRR, incomplete-recovery flags, HRR/FRR) with bootstrap CIs, and LDA."""
+    from ..analysis import LAMBDA_R, analyze_run
+
+    result = analyze_run(run_dir, lambda_c=lambda_c, lambda_r=lambda_r or list(LAMBDA_R), lambda_dip=lambda_dip,
+                         resamples=bootstrap, seed=seed)
+    _print_analysis(result)
+    err.print(f"→ {run_dir}/analysis.json, {run_dir}/flags.jsonl")
+
+
+def _print_analysis(result: dict[str, Any]) -> None:
+    from ..analysis import Estimate
+
+    def fmt(d: dict[str, Any] | None, percent: bool = True) -> str:
+        return "–" if not d else Estimate(**d).fmt(percent)
+
+    lambdas = list(result["groups"][0]["irr"])
+    table = Table(title="refusal dynamics (95% bootstrap CIs)")
+    for col in ("group", "n", "RR %", "ASR %", *[f"IRR λr={lr}" for lr in lambdas], "incomplete rec."):
+        table.add_column(col, justify="right")
+    for g in result["groups"]:
+        table.add_row(g["group"], str(g["n"]), fmt(g["refusal_rate"]), fmt(g.get("attack_success_rate")),
+                      *[fmt(g["irr"][lr], False) for lr in lambdas], fmt(g["incomplete_recovery"], False))
+    out.print(table)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Analysed run folder.")],
+    panels: Annotated[int, typer.Option(help="Single-prompt panels to draw.")] = 4,
+) -> None:
+    """Write RUN_DIR/report.html: one self-contained file (figures embedded, tables, config, provenance)."""
+    from ..report.html import build_report
+
+    if not (run_dir / "analysis.json").is_file():
+        from ..analysis import analyze_run
+
+        analyze_run(run_dir)
+    path = build_report(run_dir, panels=panels)
+    err.print(f"[green]report[/] → {path}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML (see configs/).")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default results/<name>).")] = None,
+) -> None:
+    """The whole experiment: anchors → attacks → traces → judge → signals → analysis → report (resumable)."""
+    from ..experiment import run_experiment
+
+    quiet_transformers()
+    path = run_experiment(config, out_dir, log=lambda s: err.print(f"[cyan]•[/] {s}"))
+    from ..io import read_json
+
+    _print_analysis(read_json(path.parent / "analysis.json"))
+    err.print(f"[green]report[/] → {path}")
