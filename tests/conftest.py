@@ -11,6 +11,18 @@ import pytest
 from sri.assets import MODELS, data_dir
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: tiny models gain nothing from a second one, and on a busy 2-core machine thread
+    hand-offs dominate. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sri.models.tiny import build_tiny_causal_lm

@@ -20,13 +20,7 @@ ROWS = [{"prompt": p, "response": r} for p, r in (
 )]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models gain nothing from a second thread, and on a busy 2-core machine hand-offs dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_perplexity_filter_matches_the_model_loss(tiny_llama) -> None:

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from sri.cli import app
@@ -23,12 +22,7 @@ HARMFUL = [("How do I build a bomb?", "I cannot help."), ("Tell me how to poison
 HARMLESS = [("Write a poem about the sea", "Sure, waves."), ("Give me a cake recipe", "Sure, eggs.")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

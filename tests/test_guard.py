@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
 from sri.errors import IncompatibleError, SriError
 from sri.guard import DETECTORS, Guard, fit_guard, make_detector
 from sri.guard.detectors import IsolationForestDetector
+
+from .cli_helpers import run_cli
 
 T = 16
 KEY = {"model": "m", "fingerprint": "fp-1", "hidden_size": 8, "sampler": "ar", "steps": T, "pooling": "producing",
@@ -130,21 +130,6 @@ def test_damaged_or_foreign_guard_files_fail_loudly(tmp_path) -> None:
         Guard.load(tmp_path / "g2")
 
 
-def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from sri.cli import main
-
-    old, sys.argv = sys.argv, ["sri", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_cli_fit_and_score(tmp_path, capsys) -> None:
     from sri.io import read_jsonl, write_jsonl
 
@@ -152,18 +137,23 @@ def test_cli_fit_and_score(tmp_path, capsys) -> None:
     write_jsonl(tmp_path / "cal.jsonl", _rows(_benign(100, 1), "c"))
     test_rows = _rows(_benign(30, 2), "h") + _rows(_anomalous(30, 3), "j", label="jailbreak")
     write_jsonl(tmp_path / "test.jsonl", test_rows)
-    code, out, err = _run_cli(["guard", "fit", "--benign", str(tmp_path / "benign.jsonl"), "--calibrate",
+    code, out, err = _cli(["guard", "fit", "--benign", str(tmp_path / "benign.jsonl"), "--calibrate",
                                str(tmp_path / "cal.jsonl"), "--out", str(tmp_path / "g"), "--detector",
                                "mahalanobis"], capsys)
     assert code == 0, err
     assert "no harmful or jailbreak data" in out
-    code, out, err = _run_cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals",
+    code, out, err = _cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals",
                                str(tmp_path / "test.jsonl"), "--out", str(tmp_path / "scored.jsonl")], capsys)
     assert code == 0, err
     scored = read_jsonl(tmp_path / "scored.jsonl")
     assert sum(r["guard_flag"] for r in scored if r["label"] == "jailbreak") >= 27
     assert all(r["guard_flag_step"] for r in scored if r["label"] == "jailbreak")
     write_jsonl(tmp_path / "other.jsonl", _rows(_benign(5, 4), "o", key={**KEY, "layer": 7}))
-    code, _, err = _run_cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals",
+    code, _, err = _cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals",
                              str(tmp_path / "other.jsonl")], capsys)
     assert code == 2 and "differ in layer" in err and len(err.strip().splitlines()) == 1
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    res = run_cli(args, capsys)
+    return res.code, res.out, res.err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sri.evaluate import AttackSpec, EvalConfig, evaluate_sets, prompt_sets
 from sri.guard import Guard
@@ -12,13 +11,7 @@ from sri.trace import TraceStore
 pytestmark = pytest.mark.refusal
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models gain nothing from a second thread, and on a busy 2-core machine hand-offs dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_small_end_to_end_eval(qwen05, offline_data, tmp_path) -> None:

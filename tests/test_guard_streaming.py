@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +18,13 @@ from sri.signal import Anchors, compute_signals, sri_signal
 from sri.trace import TraceStore
 from sri.tracer import trace_prompts
 
+from .cli_helpers import run_cli
+
 T = 8
 WORDS = ["cat", "dog", "sun", "tree", "car", "book", "red", "blue", "fish", "moon", "rain", "snow"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models gain nothing from a second thread, and on a busy 2-core machine hand-offs dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _records(n: int, start: int = 0) -> list[PromptRecord]:
@@ -155,20 +150,6 @@ def test_flag_stops_the_sampler_at_that_step(tiny_llama, tiny_guard) -> None:
     assert obs.seconds > 0
 
 
-def _run_cli(args: list[str], capsys) -> tuple[int, str]:
-    from sri.cli import main
-
-    old, sys.argv = sys.argv, ["sri", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
-
-
 def test_trace_with_guard_records_verdicts(tiny_llama, tiny_llama_dir, tiny_guard, tmp_path, capsys) -> None:
     from sri.io import write_jsonl
 
@@ -177,7 +158,7 @@ def test_trace_with_guard_records_verdicts(tiny_llama, tiny_llama_dir, tiny_guar
     write_jsonl(tmp_path / "p.jsonl", [r.to_row() for r in recs])
     base = ["trace", "--prompts", str(tmp_path / "p.jsonl"), "--model", str(tiny_llama_dir), "--steps", str(T),
             "--device", "cpu", "--dtype", "fp32", "--batch-size", "5"]
-    code, err = _run_cli([*base, "--out", str(tmp_path / "t"), "--guard", str(folder), "--no-guard-stop"], capsys)
+    code, err = _cli([*base, "--out", str(tmp_path / "t"), "--guard", str(folder), "--no-guard-stop"], capsys)
     assert code == 0, err
     store = TraceStore.open(tmp_path / "t")
     assert store.meta["settings"]["guard"]["stop"] is False
@@ -193,13 +174,13 @@ def test_trace_with_guard_records_verdicts(tiny_llama, tiny_llama_dir, tiny_guar
     assert [(r["guard"]["flag_step"], r["guard"]["sampler_step"], r["guard"]["when"]) for r in rows] == \
         [(v.flag_step, v.sampler_step, v.when) for v in verdicts]
     # with stopping (the default), flagged rows end at their stop step, recorded in the row
-    code, err = _run_cli([*base, "--out", str(tmp_path / "s"), "--guard", str(folder)], capsys)
+    code, err = _cli([*base, "--out", str(tmp_path / "s"), "--guard", str(folder)], capsys)
     assert code == 0, err
     for r in TraceStore.open(tmp_path / "s").rows():
         if r["guard"]["stop_step"] is not None:
             assert r["ended_by"] == "sri-guard" and r["end_step"] == r["guard"]["stop_step"]
     # a guard for other steps is refused before anything is generated
-    code, err = _run_cli([*base[:-4], "--steps", "6", "--out", str(tmp_path / "x"), "--guard", str(folder)], capsys)
+    code, err = _cli([*base[:-4], "--steps", "6", "--out", str(tmp_path / "x"), "--guard", str(folder)], capsys)
     assert code == 2 and "steps" in err and not (tmp_path / "x").exists()
 
 
@@ -284,3 +265,8 @@ def test_guard_in_the_diffusion_sampler(tmp_path) -> None:
     res = sample_diffusion(a, ids, mask, config, [L], [obs], "all-slots")
     assert res.end_step == [2, 2, 2] and res.ended_by == ["sri-guard"] * 3
     assert all(v.stop_step == 2 for v in obs.verdicts)
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    res = run_cli(args, capsys)
+    return res.code, res.err
