@@ -109,6 +109,11 @@ def test_batch_order_is_a_function_of_seed_and_step() -> None:
     stream = [i for step in range(5) for i in a.indices(step)]
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:20]) == list(range(10))  # epochs
     assert b.indices(4) == a.indices(4) and BatchOrder(10, 4, seed=4).indices(0) != a.indices(0)
+    lengths = [5, 50, 6, 51, 7, 52, 8, 53]
+    bucketed = BatchOrder(8, 2, seed=0, lengths=lengths, bucket=4)
+    batches = [bucketed.indices(step) for step in range(4)]
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    assert all(abs(lengths[b[0]] - lengths[b[1]]) <= 1 for b in batches)  # similar lengths share a batch
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -357,3 +362,23 @@ def test_cli_build_gate_and_trace_by_short_name(private_home: Path, tiny_llama_d
     bad.write_text(json.dumps({"prompt": heldout_prompts("advbench", 1)[0].prompt, "response": "No."}) + "\n")
     refused = run_cli([*args[:4], "--pairs", str(bad), "--out", "other"], capsys)
     assert refused.code == 2 and "held out for evaluation" in refused.err
+
+
+def test_interrupted_build_resumes_from_its_checkpoint(private_home: Path, tiny_llama_dir: Path,
+                                                       tmp_path: Path) -> None:
+    from sri.dlm.build import BuildConfig, build_dlm, resolve_output, work_folder
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in PAIRS[:2]))
+    config = BuildConfig(base=str(tiny_llama_dir), pairs_file=str(pairs),
+                         train=TrainConfig(steps=5, batch_size=2, gen_length=16, checkpoint_every=2))
+    out = resolve_output("resumed", config.base)
+    first = build_dlm(config, out, progress=False, stop_after=3)
+    assert first["training"]["steps_done"] == 3 and (work_folder(out) / "checkpoint").is_dir()
+    assert load_diffusion_model(str(out), device="cpu", dtype="fp32").logit_shift  # a usable model so far
+    second = build_dlm(config, out, progress=False)
+    assert second["training"]["steps_done"] == 5 and second["training"]["sessions"] == 2
+    assert not work_folder(out).exists()
+    other = BuildConfig(base=str(tiny_llama_dir), pairs_file=str(pairs), train=TrainConfig(steps=7))
+    with pytest.raises(SriError, match="another recipe"):
+        build_dlm(other, out, progress=False)

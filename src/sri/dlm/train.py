@@ -102,18 +102,33 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
 
 class BatchOrder:
     """Which examples form batch k: positions k·B … k·B + B − 1 of an endless stream made of one seeded
-    permutation of the data per epoch."""
+    permutation of the data per epoch.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    With ``lengths`` (prompt lengths) the permutation is cut into groups of ``bucket`` batches, each group is
+    sorted by length and its batches are shuffled again: batches then hold prompts of similar length, so less
+    padding is computed (the order is still a function of seed and epoch).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, lengths: list[int] | None = None,
+                 bucket: int = 16) -> None:
         if n == 0:
             raise SriError("no training examples; check the distillation set and --gen-length")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.n, self.batch_size, self.seed, self.lengths, self.bucket = n, batch_size, seed, lengths, bucket
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+            perm = torch.randperm(self.n, generator=g).tolist()
+            if self.lengths is not None:
+                size = self.batch_size * self.bucket
+                grouped = []
+                for start in range(0, self.n, size):
+                    group = sorted(perm[start:start + size], key=lambda i: self.lengths[i])  # type: ignore[index]
+                    batches = [group[k:k + self.batch_size] for k in range(0, len(group), self.batch_size)]
+                    grouped += [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
+                perm = grouped
+            self._perms = {epoch: perm}
         return self._perms[epoch]
 
     def indices(self, step: int) -> list[int]:
@@ -230,7 +245,7 @@ def train(adapter: DiffusionAdapter, examples: list[Example], config: TrainConfi
     if (checkpoint / "state.json").is_file():
         state = load_checkpoint(checkpoint, model, optimizer, config)
         log(f"resumed from {checkpoint} at step {state.step}/{config.steps}")
-    order = BatchOrder(len(examples), config.batch_size, config.seed)
+    order = BatchOrder(len(examples), config.batch_size, config.seed, [len(e.prompt_ids) for e in examples])
     state.sessions += 1
     model.train()
     t0, last = time.perf_counter(), time.perf_counter()
