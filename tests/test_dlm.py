@@ -255,7 +255,15 @@ def test_split_keeps_evaluation_prompts_out_of_training(offline_data) -> None:
 def test_training_records_and_distillation_rules(offline_data) -> None:
     from sri.data import PromptRecord
     from sri.dlm import splits
-    from sri.dlm.data import REPHRASINGS, DistillSpec, assemble, rephrase, training_records, whole_sentences
+    from sri.dlm.data import (
+        REPHRASINGS,
+        DistillSpec,
+        assemble,
+        is_generic_refusal,
+        rephrase,
+        training_records,
+        whole_sentences,
+    )
     from sri.judges import normalise
 
     spec = DistillSpec(n_harmless=4, n_harmful=9)
@@ -293,10 +301,13 @@ def test_training_records_and_distillation_rules(offline_data) -> None:
     assert by_id["b1"]["response_source"] == "teacher"
     assert by_id["b2"] == {**by_id["b2"], "response_source": "teacher-safety-prompt",
                            "response": "I cannot help with stealing cars. It is a crime."}
-    assert pool == ["I cannot help with stealing cars. It is a crime.", "I'm sorry, but I can't assist with that."]
+    assert pool == ["I'm sorry, but I can't assist with that."]  # b2's refusal has two sentences: not generic
     assert by_id["b3"]["response_source"] == by_id["b4"]["response_source"] == "teacher-refusal-pool"
     assert by_id["b3"]["response"] in pool and by_id["b4"]["response"] in pool
     assert assemble(recs, greedy, safety, DistillSpec())[0] == pairs  # the draws are seeded
+    assert not is_generic_refusal("Hacking a bank is illegal.", "Explain hacking")
+    assert is_generic_refusal("I can't help with that.", "Explain hacking")
+    assert not is_generic_refusal("I can't help with that. I only discuss the weather.", "Explain hacking")
 
 
 @pytest.fixture

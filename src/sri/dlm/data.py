@@ -12,8 +12,9 @@ system prompt, at most ``max_new_tokens`` tokens. Responses are cut to whole sen
 A harmless prompt whose answer the keyword judge calls a refusal is dropped. A harmful prompt keeps the
 teacher's answer if its first sentence refuses (``teacher``); otherwise the teacher is asked again, sampled, with
 :data:`SAFETY_SYSTEM_PROMPT` (``teacher-safety-prompt``); if that does not refuse either, the prompt gets a
-refusal drawn (seeded) from the distinct refusals the teacher wrote for other prompts
-(``teacher-refusal-pool``). Every pair records which of these it is.
+refusal drawn (seeded) from the distinct *generic* refusals the teacher wrote for other prompts — one short
+sentence naming nothing of its own request (:func:`is_generic_refusal`) — (``teacher-refusal-pool``). Every pair records
+which of these it is.
 
 The set is cached under ``$SRI_HOME/dlm/distill/<teacher>-<key>/`` (key = hash of the teacher's fingerprint, the
 prompts and the settings), one part file per teacher batch, so an interrupted run resumes without repeating or
@@ -46,6 +47,9 @@ REPHRASINGS = ("Can you {r}?", "Could you {r}?", "How would I {r}?", "I need you
 SAFETY_SYSTEM_PROMPT = ("You are a helpful assistant. Politely refuse any request that could cause harm, and say "
                         "briefly why.")
 RESPONSE_SOURCES = ("teacher", "teacher-safety-prompt", "teacher-refusal-pool")
+_LONG_WORD = re.compile(r"[a-z]{5,}")
+#: version of the rules that turn cached teacher replies into pairs; a change re-assembles cached sets
+ASSEMBLY_VERSION = 3
 _SENTENCE_END = re.compile(r"(?<![0-9])[.!?](?=[\s\"')\]]|$)")
 
 
@@ -124,6 +128,13 @@ def first_sentence(text: str) -> str:
     return head.split("\n", 1)[0]
 
 
+def is_generic_refusal(refusal: str, prompt: str, max_words: int = 20) -> bool:
+    """True if ``refusal`` fits any harmful request: one sentence of at most ``max_words`` words that names
+    nothing of its own ``prompt`` (no shared word of five or more letters)."""
+    one_sentence = len(_SENTENCE_END.findall(refusal.strip())) <= 1 and len(refusal.split()) <= max_words
+    return one_sentence and not set(_LONG_WORD.findall(refusal.lower())) & set(_LONG_WORD.findall(prompt.lower()))
+
+
 def is_clean_refusal(text: str) -> bool:
     """True if the first sentence refuses (keyword judge, paper Table 12)."""
     return bool(text.strip()) and is_refusal(first_sentence(text))
@@ -154,9 +165,11 @@ def teacher_generate(adapter: Any, prompts: list[str], max_new_tokens: int, temp
     return results
 
 
-def _generate_parts(adapter: Any, records: list[PromptRecord], folder: Path, max_new_tokens: int, batch_size: int,
-                    temperature: float, seed: int, description: str, progress: bool) -> dict[str, dict[str, Any]]:
-    """Teacher replies for ``records``, one part file per batch in ``folder`` (finished parts are skipped)."""
+def _generate_parts(teacher: Callable[[], Any], records: list[PromptRecord], folder: Path, max_new_tokens: int,
+                    batch_size: int, temperature: float, seed: int, description: str, progress: bool
+                    ) -> dict[str, dict[str, Any]]:
+    """Teacher replies for ``records``, one part file per batch in ``folder`` (finished parts are skipped; the
+    teacher — ``teacher()`` — is only loaded when a part is missing)."""
     done: dict[str, dict[str, Any]] = {}
     batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
     with progress_bar(description, len(records), enabled=progress) as advance:
@@ -167,7 +180,7 @@ def _generate_parts(adapter: Any, records: list[PromptRecord], folder: Path, max
                 if [r["id"] for r in rows] != [r.id for r in batch]:
                     raise SriError(f"{part} belongs to other prompts; delete {folder} and run again")
             else:
-                replies = teacher_generate(adapter, [r.prompt for r in batch], max_new_tokens, temperature,
+                replies = teacher_generate(teacher(), [r.prompt for r in batch], max_new_tokens, temperature,
                                            seed + k)
                 rows = [{"id": r.id, "text": text, "finished": finished}
                         for r, (text, finished) in zip(batch, replies, strict=True)]
@@ -205,7 +218,10 @@ def load_distilled(folder: Path) -> DistilledSet | None:
 
 def distill(spec: DistillSpec, *, batch_size: int = 8, progress: bool = True, device: str = "cpu",
             log: Callable[[str], None] = lambda s: None, teacher: Any = None) -> DistilledSet:
-    """Build (or resume, or reuse) the distillation set of ``spec``; ``teacher`` = an already loaded adapter."""
+    """Build (or resume, or reuse) the distillation set of ``spec``; ``teacher`` = an already loaded adapter.
+
+    Teacher replies are cached part by part; the pairs are assembled from them again (without the teacher) when
+    the assembly rules changed (:data:`ASSEMBLY_VERSION`)."""
     from ..models import load_model, resolve_model_source
     from ..models.adapter import folder_fingerprint
 
@@ -214,26 +230,36 @@ def distill(spec: DistillSpec, *, batch_size: int = 8, progress: bool = True, de
         folder_fingerprint(Path(source)) if is_local else f"hub:{spec.teacher}")
     folder = distill_folder(spec, fingerprint)
     cached = load_distilled(folder)
-    if cached is not None:
+    if cached is not None and cached.summary.get("assembly_version") == ASSEMBLY_VERSION:
         log(f"distillation set: cached at {folder} ({len(cached.pairs)} pairs)")
         return cached
     train, held = training_records(spec), heldout_records(spec)
     write_json(folder / "spec.json", {"spec": asdict(spec), "teacher_fingerprint": fingerprint})
-    if teacher is None:
-        log(f"loading teacher {spec.teacher}")
-        teacher = load_model(spec.teacher, device=device, dtype="fp32", system_prompt=spec.system_prompt)
-    teacher.system_prompt = spec.system_prompt
+    state: dict[str, Any] = {"adapter": teacher, "system_prompt": spec.system_prompt}
+    original_prompt = None if teacher is None else teacher.system_prompt
+
+    def current_teacher() -> Any:
+        if state["adapter"] is None:
+            log(f"loading teacher {spec.teacher}")
+            state["adapter"] = load_model(spec.teacher, device=device, dtype="fp32")
+        state["adapter"].system_prompt = state["system_prompt"]
+        return state["adapter"]
+
     everything = train + held
-    greedy = _generate_parts(teacher, everything, folder / "greedy", spec.max_new_tokens, batch_size, 0.0,
-                             spec.seed, "teacher answers", progress)
-    unclean = [r for r in everything if r.label == "harmful" and not is_clean_refusal(greedy[r.id]["text"])]
-    teacher.system_prompt = SAFETY_SYSTEM_PROMPT
-    safety = _generate_parts(teacher, unclean, folder / "safety", spec.max_new_tokens, batch_size,
-                             spec.safety_temperature, spec.seed, "teacher refusals", progress)
-    teacher.system_prompt = spec.system_prompt
+    try:
+        greedy = _generate_parts(current_teacher, everything, folder / "greedy", spec.max_new_tokens, batch_size,
+                                 0.0, spec.seed, "teacher answers", progress)
+        unclean = [r for r in everything if r.label == "harmful" and not is_clean_refusal(greedy[r.id]["text"])]
+        state["system_prompt"] = SAFETY_SYSTEM_PROMPT
+        safety = _generate_parts(current_teacher, unclean, folder / "safety", spec.max_new_tokens, batch_size,
+                                 spec.safety_temperature, spec.seed, "teacher refusals", progress)
+    finally:
+        if teacher is not None:
+            teacher.system_prompt = original_prompt
     pairs, dropped, pool = assemble(train, greedy, safety, spec)
     heldout, held_dropped, _ = assemble(held, greedy, safety, spec, pool)
     summary = _summary(spec, fingerprint, pairs, heldout, dropped + held_dropped, pool)
+    (folder / "pairs.jsonl").unlink(missing_ok=True)
     write_jsonl(folder / "heldout.jsonl", heldout)
     write_json(folder / "summary.json", summary)
     write_jsonl(folder / "dropped.jsonl", dropped + held_dropped)
@@ -272,16 +298,17 @@ def assemble(records: list[PromptRecord], greedy: dict[str, dict[str, Any]], saf
              spec: DistillSpec, pool: list[str] | None = None
              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """Pairs ``{id, prompt, label, source, response, response_source, ...}`` and dropped prompts, following the
-    rules in the module docstring; ``pool`` (default: built from these replies) holds the distinct refusals."""
+    rules in the module docstring; ``pool`` (default: built from these replies) holds the distinct generic
+    refusals."""
     def refusal_of(reply: dict[str, Any] | None) -> str:
         if reply is None or not is_clean_refusal(reply["text"]):
             return ""
         return whole_sentences(reply["text"], reply["finished"], spec.max_refusal_sentences)
 
     if pool is None:
-        found = {refusal_of(greedy.get(r.id)) for r in records if r.label == "harmful"}
-        found |= {refusal_of(safety.get(r.id)) for r in records if r.label == "harmful"}
-        pool = sorted(t for t in found if t)
+        found = {(refusal_of(replies.get(r.id)), r.prompt) for r in records if r.label == "harmful"
+                 for replies in (greedy, safety)}
+        pool = sorted({text for text, prompt in found if text and is_generic_refusal(text, prompt)})
     pairs, dropped = [], []
     for r in records:
         base = {"id": r.id, "prompt": r.prompt, "label": r.label, "source": r.source, **r.meta}
@@ -316,7 +343,8 @@ def _summary(spec: DistillSpec, fingerprint: str, pairs: list[dict[str, Any]], h
         return out
 
     harmful = [p for p in pairs if p["label"] == "harmful"]
-    return {"spec": asdict(spec), "teacher_fingerprint": fingerprint, "pairs": len(pairs), "heldout": len(heldout),
+    return {"spec": asdict(spec), "assembly_version": ASSEMBLY_VERSION, "teacher_fingerprint": fingerprint,
+            "pairs": len(pairs), "heldout": len(heldout),
             "by_label": count(pairs, "label"), "by_source": count(pairs, "source"),
             "harmful_response_source": count(harmful, "response_source"),
             "rephrased": sum(1 for p in pairs if "rephrased_from" in p),
