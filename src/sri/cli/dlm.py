@@ -43,13 +43,13 @@ def dlm_build(
         "qwen2.5-coder-0.5b-instruct",
     out_name: Annotated[str | None, typer.Option(
         "--out", help="Model name (→ $SRI_HOME/models/NAME) or folder; default <base>-dlm.")] = None,
-    steps: Annotated[int, typer.Option(help="Planned optimiser steps (sets the learning-rate schedule).")] = 1500,
+    steps: Annotated[int, typer.Option(help="Planned optimiser steps (sets the learning-rate schedule).")] = 1000,
     minutes: Annotated[float | None, typer.Option(
         help="Stop training after this many minutes in this call (rerun to continue).")] = None,
     seed: Annotated[int, typer.Option(help="Seeds data order, masks and the distillation set.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Pairs per optimiser step.")] = 8,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-4,
-    gen_length: Annotated[int, typer.Option(help="Response slots per pair (answer + end token + padding).")] = 64,
+    gen_length: Annotated[int, typer.Option(help="Response slots per pair (answer + end token + padding).")] = 48,
     n_harmless: Annotated[int, typer.Option(help="Harmless training prompts.")] = 500,
     n_harmful: Annotated[int, typer.Option(help="Harmful training prompts.")] = 400,
     mask_token: Annotated[str | None, typer.Option(
@@ -58,7 +58,7 @@ def dlm_build(
         help="Train on your own JSONL of prompt/response pairs instead of the distilled set.")] = None,
     gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Run the quality gate at the end.")] = True,
     gate_prompts: Annotated[int, typer.Option(help="Held-out prompts per gate set.")] = 48,
-    gate_steps: Annotated[int, typer.Option(help="Gate: diffusion steps.")] = 64,
+    gate_steps: Annotated[int, typer.Option(help="Gate: diffusion steps.")] = 24,
     gate_block_length: Annotated[int, typer.Option(help="Gate: semi-AR block length.")] = 16,
     gate_remasking: Annotated[str, typer.Option(help="Gate: remasking strategy.")] = "low_confidence",
     threads: Annotated[int | None, typer.Option(
@@ -96,8 +96,8 @@ def dlm_gate(
     model: Annotated[str, typer.Argument(help="Built model: name under $SRI_HOME/models or folder.")],
     base: Annotated[str | None, typer.Option(help="The AR model it came from (default: from sri_dlm.json).")] = None,
     n_prompts: Annotated[int, typer.Option(help="Held-out prompts per set.")] = 48,
-    gen_length: Annotated[int, typer.Option(help="Response slots.")] = 64,
-    steps: Annotated[int, typer.Option(help="Diffusion steps.")] = 64,
+    gen_length: Annotated[int, typer.Option(help="Response slots.")] = 48,
+    steps: Annotated[int, typer.Option(help="Diffusion steps.")] = 24,
     block_length: Annotated[int, typer.Option(help="Semi-AR block length.")] = 16,
     remasking: Annotated[str, typer.Option(help="low_confidence | random | margin | entropy.")] = "low_confidence",
     batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 8,

@@ -43,8 +43,8 @@ class GateConfig:
     """Sizes, sampler settings and thresholds of the gate."""
 
     n_prompts: int = 48
-    gen_length: int = 64
-    steps: int = 64
+    gen_length: int = 48
+    steps: int = 24
     block_length: int = 16
     remasking: str = "low_confidence"
     batch_size: int = 8

@@ -34,14 +34,14 @@ from .objective import EPS, Batch, diffusion_loss, sample_masks
 class TrainConfig:
     """Hyper-parameters of one training run (``steps`` also sets the learning-rate schedule)."""
 
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 8
     lr: float = 1e-4
     warmup: int = 50
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    gen_length: int = 64
+    gen_length: int = 48
     seed: int = 0
     checkpoint_every: int = 50
     eps: float = EPS
