@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..assets import MODELS, model_asset
+from ..assets import MODELS, model_asset, models_dir
 from ..errors import SriError
 from .adapter import DEFAULT_SYSTEM_PROMPT, Family, ModelAdapter, folder_fingerprint
 from .causal import CAUSAL_FAMILIES, detect_family
@@ -35,12 +35,16 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
 
 
 def resolve_model_source(spec: str) -> tuple[str, bool]:
-    """``(path or hub id, is_local)`` for a short name, a folder or a Hub id; one-line errors otherwise."""
+    """``(path or hub id, is_local)`` for an offline short name, the name of a model built into
+    ``$SRI_HOME/models`` (``sri dlm build``), a folder or a Hub id; one-line errors otherwise."""
     if spec in MODELS:
         asset = model_asset(spec)
         if not asset.is_fetched():
             raise SriError(f"model '{spec}' is not fetched; run `sri assets fetch --model {spec}`")
         return str(asset.path), True
+    built = models_dir() / spec
+    if "/" not in spec and spec not in (".", "..") and (built / "config.json").is_file():
+        return str(built), True  # a model built into the cache, e.g. by `sri dlm build`
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
