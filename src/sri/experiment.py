@@ -14,6 +14,10 @@ Everything lands in one run folder (``out`` or ``results/<name>``)::
     signals.jsonl          one row per evaluated prompt: SRI, text signal, verdicts, group
     analysis.json, flags.jsonl, figures/, report.html
 
+With ``samplers: {name: sampler, …}`` (fixed weights, several samplers) the attack prompts are built once in
+``attacks/``, each sampler gets a complete run folder ``samplers/<name>/`` as above, and ``comparison.md`` /
+``comparison.json`` / ``figures/samplers.png`` put them side by side (:mod:`sri.comparison`).
+
 Every stage skips finished work, so an interrupted run resumes where it stopped with the same command. The
 ``judge`` and ``analysis`` sections may change between runs of one folder: the responses are then judged
 again (and analysed again) without tracing anything.
@@ -125,10 +129,12 @@ class ExperimentConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     seed: int = 0
     sampler: dict[str, Any] = field(default_factory=lambda: {"kind": "ar", "steps": 32})
+    samplers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → sampler: one run each, compared
     layers: str = "final"
     pooling: str | None = None
     batch_size: int = 8
     attacker: str | None = None  # chat model that writes PAIR prompts (default: the target)
+    attack_model: str | None = None  # causal model optimising attacks run against (default: the target)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
@@ -205,6 +211,10 @@ def parse_config(data: Any) -> ExperimentConfig:
     if cfg.judge.hrr_stride <= 0 or cfg.judge.batch_size <= 0:
         raise SriError("config: judge.hrr_stride and judge.batch_size must be positive")
     build_sampler(cfg.sampler)
+    for name, spec in cfg.samplers.items():
+        if not isinstance(spec, dict) or not str(name).replace("-", "").replace("_", "").isalnum():
+            raise SriError(f"config: samplers.{name} must be a mapping under a name of letters, digits, - and _")
+        build_sampler(spec)
     return cfg
 
 
@@ -275,6 +285,7 @@ class _Run:
         self.sampler = build_sampler(cfg.sampler)
         self._target: Any = None
         self._judge_adapter: Any = None
+        self._attack_model: Any = None
         prov_path = run_dir / "provenance.json"
         self.prov: dict[str, Any] = read_json(prov_path) if prov_path.is_file() else {
             "sri_version": __version__, "created": _now(), "sessions": []}
@@ -296,16 +307,31 @@ class _Run:
     # ------------------------------------------------------------------ models
     def target(self) -> Any:
         if self._target is None:
-            from .models import load_model
+            from .models import load_diffusion_model, load_model
 
             self.log(f"loading target model {self.cfg.model}")
-            self._target = load_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
+            loader = load_diffusion_model if self.sampler.kind == "diffusion" else load_model
+            self._target = loader(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
                                       system_prompt=self.cfg.system_prompt or None,
                                       trust_remote_code=self.cfg.trust_remote_code)
             self.prov["model"] = self._target.describe()
             self.prov["model_kind"] = self._target.family.kind
             self.save()
         return self._target
+
+    def attack_model(self) -> Any:
+        """The model optimising attacks run against: ``attack_model`` when set (prompts transfer), else the target."""
+        name = self.cfg.attack_model
+        if not name or name == self.cfg.model:
+            return self.target()
+        if self._attack_model is None:
+            from .models import load_model
+
+            self.log(f"loading attack model {name} (optimising attacks run on it; their prompts transfer)")
+            self._attack_model = load_model(name, device=self.cfg.device, dtype=self.cfg.dtype,
+                                            system_prompt=self.cfg.system_prompt or None)
+            self.prov["attack_model"] = self._attack_model.describe()
+        return self._attack_model
 
     def model_kind(self) -> str:
         return self.prov.get("model_kind") or self.target().family.kind
@@ -326,7 +352,7 @@ class _Run:
             else:
                 from .models import load_model
 
-                self._target = None  # free the target's memory before loading the judge
+                self._target = self._attack_model = None  # free their memory before loading the judge
                 gc.collect()
                 self.log(f"loading judge model {name}")
                 self._judge_adapter = load_model(name, device=self.cfg.device, dtype=self.cfg.dtype)
@@ -352,21 +378,59 @@ class _Run:
 
 def run_experiment(config: str | Path | ExperimentConfig, out: str | Path | None = None, *, progress: bool = True,
                    log: Callable[[str], None] = lambda s: None, config_text: str | None = None) -> Path:
-    """Run (or resume) the whole experiment; returns the path of the HTML report."""
+    """Run (or resume) the whole experiment; returns the path of the HTML report (of ``comparison.md`` when the
+    config lists several ``samplers``)."""
     if isinstance(config, ExperimentConfig):
-        cfg, text = config, config_text or yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+        cfg, text = config, config_text or _config_yaml(config)
     else:
         cfg, text = load_config(config)
     run_dir = Path(out) if out is not None else Path("results") / cfg.name
     _claim_folder(run_dir, cfg, text, log)
+    if cfg.samplers:
+        return _run_samplers(cfg, run_dir, progress, log)
     run = _Run(cfg, run_dir, progress, log)
-    t_start = time.perf_counter()
     sets = prompt_sets(cfg)
-
-    with run.stage("anchors"):
-        anchors = _anchors(run, sets)
     with run.stage("attacks"):
         attack_sets = _attack_prompts(run, sets["harmful"])
+    return _run_pipeline(run, sets, attack_sets)
+
+
+def _run_samplers(cfg: ExperimentConfig, run_dir: Path, progress: bool, log: Callable[[str], None]) -> Path:
+    """Fixed weights, several samplers: the attack prompts are built once (``attacks/``), then every sampler gets
+    a complete run in ``samplers/<name>/`` on the same prompts, and :mod:`sri.comparison` tabulates them."""
+    from .comparison import write_comparison
+
+    sets = prompt_sets(cfg)
+    first = next(iter(cfg.samplers.values()))
+    shared = _Run(dataclasses.replace(cfg, sampler=first, samplers={}), run_dir, progress, log)
+    with shared.stage("attacks"):
+        attack_sets = _attack_prompts(shared, sets["harmful"])
+    shared._target = None
+    run_dirs = {}
+    for name, spec in cfg.samplers.items():
+        sub_cfg = dataclasses.replace(cfg, name=f"{cfg.name}-{name}", sampler=spec, samplers={})
+        sub_dir = run_dir / "samplers" / name
+        log(f"sampler {name}: {build_sampler(spec).params()}")
+        _claim_folder(sub_dir, sub_cfg, _config_yaml(sub_cfg), log)
+        run = _Run(sub_cfg, sub_dir, progress, log)
+        run.prov["skipped_attacks"] = shared.prov.get("skipped_attacks", {})
+        run.prov["attacks_from"] = str(run_dir / "attacks")
+        _run_pipeline(run, sets, attack_sets)
+        run_dirs[name] = sub_dir
+    with shared.stage("comparison"):
+        return write_comparison(run_dir, run_dirs, cfg.samplers)
+
+
+def _config_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def _run_pipeline(run: _Run, sets: dict[str, list[PromptRecord]], attack_sets: dict[str, list[PromptRecord]]) -> Path:
+    """anchors → traces → judge → signals → analysis → report for one sampler; returns the report path."""
+    cfg, run_dir = run.cfg, run.dir
+    t_start = time.perf_counter()
+    with run.stage("anchors"):
+        anchors = _anchors(run, sets)
     stores: dict[str, TraceStore] = {}
     with run.stage("traces"):
         for name in (*EVAL_SETS, *attack_sets):
@@ -459,8 +523,10 @@ def _attack_prompts(run: _Run, behaviours: list[PromptRecord]) -> dict[str, list
 def _build_attack(run: _Run, a: AttackConfig, needs_target: bool, records: list[PromptRecord], final: Path) -> None:
     """Attacks that run a model are built one batch at a time into ``attacks/<name>.parts/`` (resumable)."""
     context = AttackContext(seed=run.cfg.seed, progress=run.progress)
-    if needs_target or a.name == "dija":
+    if a.name == "dija":
         context.target = run.target()
+    if needs_target:
+        context.target = run.attack_model()
     if needs_target and run.cfg.attacker and run.cfg.attacker != run.cfg.model:
         from .models import load_model
 

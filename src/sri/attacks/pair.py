@@ -51,7 +51,7 @@ def _clean(text: str) -> str:
     return text
 
 
-@register_attack("pair", family="pair", needs_target=True,
+@register_attack("pair", family="pair", needs_target=True, runs_kinds=("causal",),
                  description="an attacker chat model refines the prompt from the target's reply and a judge's "
                              "score (PAIR), iteration budget")
 def pair(records: list[PromptRecord], *, context: AttackContext, iterations: int = 3,

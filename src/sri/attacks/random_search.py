@@ -54,7 +54,7 @@ def allowed_tokens(tokenizer: Any) -> np.ndarray:
     return _allowed_cache[key]
 
 
-@register_attack("random_search", family="random_search", needs_target=True,
+@register_attack("random_search", family="random_search", needs_target=True, runs_kinds=("causal",),
                  description="adaptive template + adversarial suffix optimised by random search to raise "
                              "log p('Sure') on the local target model")
 def random_search(records: list[PromptRecord], *, context: AttackContext, target_text: str = "Sure",

@@ -45,6 +45,7 @@ class AttackSpec:
     description: str
     needs_target: bool = False  # runs the target model while building prompts
     model_kinds: tuple[str, ...] = ALL_KINDS  # model kinds the attack applies to
+    runs_kinds: tuple[str, ...] = ALL_KINDS  # kinds of model the attack can run while building prompts
 
     def options(self) -> dict[str, Any]:
         """The attack's options and their defaults (keyword-only parameters after ``context``)."""
@@ -57,12 +58,14 @@ ATTACKS: dict[str, AttackSpec] = {}
 
 
 def register_attack(name: str, *, family: str, description: str, needs_target: bool = False,
-                    model_kinds: tuple[str, ...] = ALL_KINDS) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``fn(records, *, context, **options) → list[PromptRecord]`` under ``name``."""
+                    model_kinds: tuple[str, ...] = ALL_KINDS, runs_kinds: tuple[str, ...] = ALL_KINDS,
+                    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn(records, *, context, **options) → list[PromptRecord]`` under ``name``. ``model_kinds``: the
+    kinds of target the attack applies to; ``runs_kinds``: the kinds of model it can run to build prompts."""
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in ATTACKS:
             raise ValueError(f"attack '{name}' is registered twice")
-        ATTACKS[name] = AttackSpec(name, fn, family, description, needs_target, model_kinds)
+        ATTACKS[name] = AttackSpec(name, fn, family, description, needs_target, model_kinds, runs_kinds)
         return fn
 
     return decorate
@@ -86,6 +89,11 @@ def run_attack(name: str, records: Sequence[PromptRecord], context: AttackContex
             raise SriError(f"attack '{name}' has no option '{key}'; its options are: {listed}")
     if spec.needs_target and context.target is None:
         raise SriError(f"attack '{name}' runs the target model; give one (--model)")
+    kind = getattr(getattr(context.target, "family", None), "kind", None) if spec.needs_target else None
+    if kind is not None and kind not in spec.runs_kinds:
+        raise SriError(f"attack '{name}' decodes with the model it runs, which must be {' or '.join(spec.runs_kinds)}"
+                       f" (got a {kind} model); build the prompts on a causal model (e.g. the AR base of a diffusion "
+                       "model: `attack_model` in a config) and let them transfer")
     if not records:
         return []
     return spec.run(list(records), context=context, **options)

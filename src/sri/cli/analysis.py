@@ -220,5 +220,9 @@ def run(
     path = run_experiment(config, out_dir, log=lambda s: err.print(f"[cyan]•[/] {s}"))
     from ..io import read_json
 
+    if path.suffix == ".md":  # several samplers: the comparison table
+        out.print(path.read_text(encoding="utf-8"))
+        err.print(f"[green]comparison[/] → {path} (per-sampler reports: {path.parent / 'samplers'}/*/report.html)")
+        return
     _print_analysis(read_json(path.parent / "analysis.json"))
     err.print(f"[green]report[/] → {path}")
