@@ -188,20 +188,23 @@ def step_verdicts(rows: Sequence[dict[str, Any]], judge: Callable[[list[str], li
     """Judge the model's predicted text at the judged steps of every diffusion trace row.
 
     Rows need ``step_predicted_texts`` (the full predicted text at each denoising step); AR rows have none and
-    are skipped, so the result is empty for AR traces. ``judge(requests, texts)`` says which texts are harmful;
+    are skipped, so the result is empty for AR traces. Each distinct (request, text) pair is judged once. ``judge(requests, texts)`` says which texts are harmful;
     the request is the behaviour (``meta.behavior``) when the row is an attack, else the prompt. Returns
     id → ``{step_harmful_steps (1-based), step_harmful}``, ready for :func:`revision_recovery`.
     """
-    out: dict[str, dict[str, Any]] = {}
+    plan: dict[str, tuple[list[int], list[tuple[str, str]]]] = {}
     for r in rows:
         predicted = r.get("step_predicted_texts")
         if not predicted:
             continue
         idx = judged_steps(len(predicted), stride)
         request = str((r.get("meta") or {}).get("behavior") or r["prompt"])
-        verdicts = judge([request] * len(idx), [predicted[i] for i in idx])
-        out[r["id"]] = {"step_harmful_steps": [i + 1 for i in idx], "step_harmful": [bool(v) for v in verdicts]}
-    return out
+        plan[r["id"]] = (idx, [(request, predicted[i]) for i in idx])
+    # predicted texts settle early in denoising: judge each distinct (request, text) pair once
+    unique = list(dict.fromkeys(pair for _, pairs in plan.values() for pair in pairs))
+    verdict = dict(zip(unique, judge([q for q, _ in unique], [t for _, t in unique]), strict=True)) if unique else {}
+    return {rid: {"step_harmful_steps": [i + 1 for i in idx], "step_harmful": [bool(verdict[p]) for p in pairs]}
+            for rid, (idx, pairs) in plan.items()}
 
 
 # --------------------------------------------------------------------------------------------- geometry
