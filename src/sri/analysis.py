@@ -188,9 +188,10 @@ def step_verdicts(rows: Sequence[dict[str, Any]], judge: Callable[[list[str], li
     """Judge the model's predicted text at the judged steps of every diffusion trace row.
 
     Rows need ``step_predicted_texts`` (the full predicted text at each denoising step); AR rows have none and
-    are skipped, so the result is empty for AR traces. Each distinct (request, text) pair is judged once. ``judge(requests, texts)`` says which texts are harmful;
-    the request is the behaviour (``meta.behavior``) when the row is an attack, else the prompt. Returns
-    id → ``{step_harmful_steps (1-based), step_harmful}``, ready for :func:`revision_recovery`.
+    are skipped, so the result is empty for AR traces. ``judge(requests, texts)`` says which texts are harmful;
+    the request is the behaviour (``meta.behavior``) when the row is an attack, else the prompt; each distinct
+    (request, text) pair is judged once. Returns id → ``{step_harmful_steps (1-based), step_harmful}``, ready for
+    :func:`revision_recovery`.
     """
     plan: dict[str, tuple[list[int], list[tuple[str, str]]]] = {}
     for r in rows:

@@ -137,7 +137,7 @@ def comparison_figure(comparison: dict[str, Any], out: str | Path) -> Path:
 
     names = list(comparison["samplers"])
     groups = comparison["groups"]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.1 * len(groups) * 2), 4.2), sharey=True)
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.7 * len(groups) + 2), 7.0), sharex=True)
     width = 0.8 / max(1, len(names))
     for ax, key, title in ((axes[0], "refusal_rate", "Refusal rate (keyword judge)"),
                            (axes[1], "attack_success_rate", "Attack success rate (LLM judge)")):
@@ -152,10 +152,10 @@ def comparison_figure(comparison: dict[str, Any], out: str | Path) -> Path:
                 lo.append(max(0.0, est["value"] - (est.get("low") if est.get("low") is not None else est["value"])))
                 hi.append(max(0.0, (est.get("high") if est.get("high") is not None else est["value"]) - est["value"]))
             ax.bar(xs, ys, width=width, label=name, yerr=[lo, hi], capsize=2)
-        ax.set_xticks(range(len(groups)), [r["group"] for r in groups], rotation=35, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_title(title)
-    axes[0].legend(fontsize=8)
+    axes[1].set_xticks(range(len(groups)), [r["group"] for r in groups], rotation=35, ha="right")
+    axes[0].legend(fontsize=8, ncols=min(4, len(names)))
     fig.suptitle("Same weights, different samplers")
     fig.tight_layout()
     return save_figure(fig, out)
