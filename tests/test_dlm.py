@@ -20,6 +20,8 @@ from sri.sampling.diffusion import DiffusionConfig, diffusion_rows, sample_diffu
 
 from .cli_helpers import run_cli
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PAIRS = [("Say hi", "Hi there."), ("Name a colour", "Blue."), ("Count to three", "One, two, three.")]
 
 
@@ -35,16 +37,6 @@ def _converted(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder / "dlm")
     tok.save_pretrained(folder / "dlm")
     return folder / "dlm"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine two threads spin-wait for
-    each other (30 steps: 0.3 s with one thread, 34 s with two while other jobs ran)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

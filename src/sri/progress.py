@@ -29,3 +29,21 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+@contextmanager
+def metric_bar(description: str, total: int, *, metric: str, done: int = 0,
+               enabled: bool = True) -> Iterator[Callable[[int, float | None], None]]:
+    """Yield ``update(completed, value)``: a bar that starts at ``done`` and shows the latest ``metric`` value
+    (e.g. the training loss) beside count, elapsed and remaining time."""
+    if not enabled:
+        yield lambda completed, value: None
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn(f"{metric} {{task.fields[value]}}"), TimeElapsedColumn(), TextColumn("eta"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total, completed=done, value="–")
+        yield lambda completed, value: bar.update(task, completed=completed,
+                                                  value="–" if value is None else f"{value:.3f}")
+

@@ -27,6 +27,7 @@ import torch
 from ..errors import SriError
 from ..io import read_json, write_json
 from ..models.masked import DiffusionAdapter
+from ..progress import metric_bar
 from .objective import EPS, Batch, diffusion_loss, sample_masks
 
 
@@ -251,7 +252,7 @@ def train(adapter: DiffusionAdapter, examples: list[Example], config: TrainConfi
     t0, last = time.perf_counter(), time.perf_counter()
     done_here = 0
     try:
-        with _loss_bar(config.steps, state.step, progress) as update:
+        with metric_bar("training", config.steps, metric="loss", done=state.step, enabled=progress) as update:
             while state.step < config.steps:
                 if minutes is not None and time.perf_counter() - t0 >= minutes * 60:
                     log(f"time budget of {minutes:g} min reached at step {state.step}/{config.steps}")
@@ -277,40 +278,3 @@ def train(adapter: DiffusionAdapter, examples: list[Example], config: TrainConfi
     save_checkpoint(checkpoint, model, optimizer, state, config)
     model.eval()
     return state
-
-
-class _loss_bar:
-    """A rich progress bar showing the running loss."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled = total, done, enabled
-        self.bar: Any = None
-
-    def __enter__(self) -> Callable[[int, float | None], None]:
-        if not self.enabled:
-            return lambda step, loss: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        from ..progress import console
-
-        self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"),
-                            TimeRemainingColumn(), console=console)
-        self.bar.__enter__()
-        task = self.bar.add_task("training", total=self.total, completed=self.done, loss="–")
-
-        def update(step: int, loss: float | None) -> None:
-            self.bar.update(task, completed=step, loss="–" if loss is None else f"{loss:.3f}")
-
-        return update
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
