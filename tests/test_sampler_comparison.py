@@ -88,16 +88,39 @@ def test_samplers_share_prompts_and_are_compared(refusing_dlm, tiny_llama_dir, t
     assert "RR % low-conf" in text and "IRR λ_r=0.1" in text and text == comparison_markdown(comparison)
     assert (run_dir / "figures" / "samplers.png").stat().st_size > 0
 
-    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*.jsonl"))
-    run_experiment(path, run_dir, progress=False)  # resumes: nothing new traced or judged
-    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*.jsonl")) == before
+    def snapshot(folder: str) -> dict:
+        return {p.relative_to(run_dir): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in (run_dir / "samplers").rglob(f"{folder}/**/*.jsonl")} | \
+            {p.relative_to(run_dir): (p.read_bytes(), p.stat().st_mtime_ns) for p in (run_dir / "attacks").glob("*")}
+
+    traces, judged = snapshot("traces"), snapshot("judgements")
+    assert traces and judged
+    run_experiment(path, run_dir, progress=False)  # resumes: nothing traced, built or judged again
+    assert snapshot("traces") == traces and snapshot("judgements") == judged
+    assert all(len(read_json(run_dir / "samplers" / n / "provenance.json")["sessions"]) == 2
+               for n in ("ar-order", "low-conf"))
+
+    config["judge"]["threshold"] = 0.0  # another judge: judged again in every sampler, nothing traced again
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    run_experiment(path, run_dir, progress=False)
+    assert snapshot("traces") == traces and snapshot("judgements") != judged
+    for name in ("ar-order", "low-conf"):
+        rows = read_jsonl(run_dir / "samplers" / name / "signals.jsonl")
+        assert all(r["llm_harmful"] for r in rows if r["group"] != "harmless")
 
 
-def test_optimising_attacks_need_a_causal_model(refusing_dlm) -> None:
+def test_optimising_attacks_need_a_causal_model(refusing_dlm, tiny_llama_dir, tmp_path) -> None:
     target = load_diffusion_model(str(refusing_dlm["model"]), device="cpu", dtype="fp32")
     records = load_prompts(str(refusing_dlm["harmful"]))[:1]
     with pytest.raises(SriError, match=r"must be causal .*`attack_model`"):
         run_attack("random_search", records, AttackContext(target=target), iterations=1)
+    # in a config without attack_model: refused before any attack is built
+    config = _config(refusing_dlm, tiny_llama_dir, None)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with pytest.raises(SriError, match="set attack_model to an AR chat model"):
+        run_experiment(path, tmp_path / "run", progress=False)
+    assert not list((tmp_path / "run").glob("attacks/*.jsonl"))
 
 
 def test_sampler_names_and_settings_are_checked(refusing_dlm, tiny_llama_dir) -> None:
@@ -108,3 +131,12 @@ def test_sampler_names_and_settings_are_checked(refusing_dlm, tiny_llama_dir) ->
     config["samplers"] = {"x": {"kind": "diffusion", "steps": 3, "gen_length": 8, "block_length": 4}}
     with pytest.raises(SriError, match="steps 3 must be a multiple of the number of blocks 2"):
         parse_config(config)
+    config["samplers"] = {"x": {"kind": "diffusion"}, "y": {"kind": "ar"}}
+    with pytest.raises(SriError, match="mixes autoregressive and diffusion"):
+        parse_config(config)
+    config["samplers"] = {1: {"kind": "diffusion"}}
+    with pytest.raises(SriError, match="samplers.1 must be a mapping under a name"):
+        parse_config(config)
+    config["samplers"] = {"x": {"kind": "diffusion"}}
+    with pytest.raises(SriError, match="either 'sampler' .* or 'samplers'"):
+        parse_config({**config, "sampler": {"kind": "diffusion"}})

@@ -6,10 +6,10 @@ For every evaluation set s (raw harmful prompts, each attack, all attacks) and s
 
     RR_k(s)  = share of responses the keyword judge calls a refusal,
     ASR_k(s) = share the LLM judge calls a real answer to the harmful request,
-    Δ_k(s)   = X_k(s) − X_ref(s) with ref the first sampler listed,
+    Δ_k(s)   = X_k(s) − X_ref(s) with ref the first sampler listed (a difference of point estimates),
 
-plus IRR_k at every λ_r and, for diffusion samplers, HRR/FRR (revision recovery), all with the bootstrap
-intervals of the per-sampler analyses.
+plus IRR_k at every λ_r and, for diffusion samplers, HRR/FRR (revision recovery), with the bootstrap intervals
+of the per-sampler analyses.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     names = list(comparison["samplers"])
     ref = comparison["reference"]
     spec = "; ".join(f"**{n}** = {_describe(comparison['samplers'][n])}" for n in names)
-    lines = [f"Samplers: {spec}. Deltas (in points) are against **{ref}**.", ""]
+    lines = [f"Samplers: {spec}. Deltas (in points, in brackets) are against **{ref}** — differences of the two "
+             "point estimates on the same prompts, without an interval of their own.", ""]
     lines += ["| set | n | " + " | ".join(f"RR % {n}" for n in names) + " | "
               + " | ".join(f"ASR % {n}" for n in names) + " |",
               "|---|---:|" + "---:|" * (2 * len(names))]
@@ -110,7 +111,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
             if c is None:
                 continue
             rev = c.get("revision_recovery") or {}
-            irr = [_pct(c["irr"].get(str(v)) or c["irr"].get(v), ci=True) for v in lam]
+            irr = [_pct(c["irr"].get(f"{v:g}"), ci=True) for v in lam]
             lines.append(f"| {name} | " + " | ".join(irr) + f" | {_pct(rev.get('hrr'), ci=True)} | "
                          f"{_pct(rev.get('frr'), ci=True)} |")
     return "\n".join(lines) + "\n"

@@ -211,10 +211,17 @@ def parse_config(data: Any) -> ExperimentConfig:
     if cfg.judge.hrr_stride <= 0 or cfg.judge.batch_size <= 0:
         raise SriError("config: judge.hrr_stride and judge.batch_size must be positive")
     build_sampler(cfg.sampler)
+    kinds = set()
     for name, spec in cfg.samplers.items():
-        if not isinstance(spec, dict) or not str(name).replace("-", "").replace("_", "").isalnum():
+        if not isinstance(name, str) or not isinstance(spec, dict) or \
+                not name.replace("-", "").replace("_", "").isalnum():
             raise SriError(f"config: samplers.{name} must be a mapping under a name of letters, digits, - and _")
-        build_sampler(spec)
+        kinds.add(build_sampler(spec).kind)
+    if len(kinds) > 1:
+        raise SriError("config: samplers mixes autoregressive and diffusion samplers; one model is either kind — "
+                       "compare AR order on diffusion weights with {kind: diffusion, remasking: leftmost}")
+    if cfg.samplers and "sampler" in (data or {}):
+        raise SriError("config: give either 'sampler' (one run) or 'samplers' (several, compared), not both")
     return cfg
 
 
@@ -333,6 +340,13 @@ class _Run:
             self.prov["attack_model"] = self._attack_model.describe()
         return self._attack_model
 
+    def release_models(self, keep_target: bool = False) -> None:
+        """Drop the attack model (and the target unless ``keep_target``) once the attack prompts are built."""
+        self._attack_model = None
+        if not keep_target:
+            self._target = None
+        gc.collect()
+
     def model_kind(self) -> str:
         return self.prov.get("model_kind") or self.target().family.kind
 
@@ -392,6 +406,7 @@ def run_experiment(config: str | Path | ExperimentConfig, out: str | Path | None
     sets = prompt_sets(cfg)
     with run.stage("attacks"):
         attack_sets = _attack_prompts(run, sets["harmful"])
+    run.release_models(keep_target=True)
     return _run_pipeline(run, sets, attack_sets)
 
 
@@ -405,7 +420,7 @@ def _run_samplers(cfg: ExperimentConfig, run_dir: Path, progress: bool, log: Cal
     shared = _Run(dataclasses.replace(cfg, sampler=first, samplers={}), run_dir, progress, log)
     with shared.stage("attacks"):
         attack_sets = _attack_prompts(shared, sets["harmful"])
-    shared._target = None
+    shared.release_models()
     run_dirs = {}
     for name, spec in cfg.samplers.items():
         sub_cfg = dataclasses.replace(cfg, name=f"{cfg.name}-{name}", sampler=spec, samplers={})
@@ -415,6 +430,8 @@ def _run_samplers(cfg: ExperimentConfig, run_dir: Path, progress: bool, log: Cal
         run = _Run(sub_cfg, sub_dir, progress, log)
         run.prov["skipped_attacks"] = shared.prov.get("skipped_attacks", {})
         run.prov["attacks_from"] = str(run_dir / "attacks")
+        if "attack_model" in shared.prov:
+            run.prov["attack_model"] = shared.prov["attack_model"]
         _run_pipeline(run, sets, attack_sets)
         run_dirs[name] = sub_dir
     with shared.stage("comparison"):
@@ -422,7 +439,9 @@ def _run_samplers(cfg: ExperimentConfig, run_dir: Path, progress: bool, log: Cal
 
 
 def _config_yaml(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
+    data = dataclasses.asdict(cfg)
+    data.pop("samplers" if not cfg.samplers else "sampler")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _run_pipeline(run: _Run, sets: dict[str, list[PromptRecord]], attack_sets: dict[str, list[PromptRecord]]) -> Path:
@@ -506,6 +525,14 @@ def _attack_prompts(run: _Run, behaviours: list[PromptRecord]) -> dict[str, list
     """Build each attack's prompts (skipping attacks that do not apply to this kind of model)."""
     out: dict[str, list[PromptRecord]] = {}
     skipped = run.prov.setdefault("skipped_attacks", {})
+    pending = [a for a in run.cfg.attacks if not (run.dir / "attacks" / f"{a.name}.jsonl").is_file()]
+    for a in pending:  # fail before building anything: optimising attacks must be able to run their model
+        spec = get_attack(a.name)
+        if spec.needs_target and not run.cfg.attack_model and run.model_kind() in spec.model_kinds and \
+                run.model_kind() not in spec.runs_kinds:
+            raise SriError(f"config: attack '{a.name}' decodes with a {' or '.join(spec.runs_kinds)} model, but the "
+                           f"target is {run.model_kind()}; set attack_model to an AR chat model (its prompts "
+                           "transfer) or drop the attack")
     for a in run.cfg.attacks:
         spec = get_attack(a.name)
         records = behaviours[: a.n or len(behaviours)]
@@ -527,7 +554,7 @@ def _build_attack(run: _Run, a: AttackConfig, needs_target: bool, records: list[
         context.target = run.target()
     if needs_target:
         context.target = run.attack_model()
-    if needs_target and run.cfg.attacker and run.cfg.attacker != run.cfg.model:
+    if needs_target and run.cfg.attacker and run.cfg.attacker not in (run.cfg.model, run.cfg.attack_model):
         from .models import load_model
 
         context.attacker = load_model(run.cfg.attacker, device=run.cfg.device, dtype=run.cfg.dtype)

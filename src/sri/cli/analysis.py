@@ -221,7 +221,7 @@ def run(
     from ..io import read_json
 
     if path.suffix == ".md":  # several samplers: the comparison table
-        out.print(path.read_text(encoding="utf-8"))
+        out.print(path.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
         err.print(f"[green]comparison[/] → {path} (per-sampler reports: {path.parent / 'samplers'}/*/report.html)")
         return
     _print_analysis(read_json(path.parent / "analysis.json"))
