@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import read_json, write_json, write_text_atomic
+from .report.figures import sampler_rates
 
 GROUP_ORDER_FIRST = ("harmful",)
 GROUP_ORDER_LAST = ("all attacks",)
@@ -130,44 +131,12 @@ def _describe(spec: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def comparison_figure(comparison: dict[str, Any], out: str | Path) -> Path:
-    """Grouped bars: ASR per evaluation set, one bar per sampler, with bootstrap intervals."""
-    import matplotlib.pyplot as plt
-
-    from .report.figures import save_figure
-
-    names = list(comparison["samplers"])
-    groups = comparison["groups"]
-    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.7 * len(groups) + 2), 7.0), sharex=True)
-    width = 0.8 / max(1, len(names))
-    for ax, key, title in ((axes[0], "refusal_rate", "Refusal rate (keyword judge)"),
-                           (axes[1], "attack_success_rate", "Attack success rate (LLM judge)")):
-        for k, name in enumerate(names):
-            xs, ys, lo, hi = [], [], [], []
-            for i, row in enumerate(groups):
-                est = (row["samplers"].get(name) or {}).get(key)
-                if not est or est.get("value") is None:
-                    continue
-                xs.append(i + (k - (len(names) - 1) / 2) * width)
-                ys.append(est["value"])
-                lo.append(max(0.0, est["value"] - (est.get("low") if est.get("low") is not None else est["value"])))
-                hi.append(max(0.0, (est.get("high") if est.get("high") is not None else est["value"]) - est["value"]))
-            ax.bar(xs, ys, width=width, label=name, yerr=[lo, hi], capsize=2)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(title)
-    axes[1].set_xticks(range(len(groups)), [r["group"] for r in groups], rotation=35, ha="right")
-    axes[0].legend(fontsize=8, ncols=min(4, len(names)))
-    fig.suptitle("Same weights, different samplers")
-    fig.tight_layout()
-    return save_figure(fig, out)
-
-
 def write_comparison(run_dir: Path, run_dirs: dict[str, Path], samplers: dict[str, dict[str, Any]]) -> Path:
     """Write ``comparison.json``, ``comparison.md`` and ``figures/samplers.png``; returns the markdown path."""
     comparison = compare_samplers(run_dirs, samplers)
     comparison["runs"] = {name: str(Path(d).relative_to(run_dir)) for name, d in run_dirs.items()}
     write_json(run_dir / "comparison.json", comparison)
-    comparison_figure(comparison, run_dir / "figures" / "samplers.png")
+    sampler_rates(comparison, run_dir / "figures" / "samplers.png")
     path = run_dir / "comparison.md"
     write_text_atomic(path, comparison_markdown(comparison))
     return path

@@ -162,6 +162,30 @@ def irr_bars(analysis: dict[str, Any], out: str | Path, title: str = "Internal r
     return save_figure(fig, out)
 
 
+def sampler_rates(comparison: dict[str, Any], out: str | Path, title: str = "Same weights, different samplers"
+                  ) -> Path:
+    """Grouped bars of a :mod:`sri.comparison`: RR (top) and ASR (bottom) per evaluation set, one bar per
+    sampler, with the 95% bootstrap intervals of each sampler's analysis."""
+    names = list(comparison["samplers"])
+    groups = comparison["groups"]
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(names))
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.7 * len(groups) + 2), 7.0), sharex=True)
+    for ax, key, label in ((axes[0], "refusal_rate", "Refusal rate (keyword judge)"),
+                           (axes[1], "attack_success_rate", "Attack success rate (LLM judge)")):
+        for k, name in enumerate(names):
+            vals = [_err((row["samplers"].get(name) or {}).get(key)) for row in groups]
+            ax.bar(x + (k - (len(names) - 1) / 2) * width, [v[0] for v in vals], width, label=name,
+                   yerr=[[v[1] for v in vals], [v[2] for v in vals]], capsize=2)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(label)
+    axes[1].set_xticks(x, [r["group"] for r in groups], rotation=35, ha="right")
+    axes[0].legend(fontsize=8, ncols=min(4, len(names)))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
 def lda_scatter(geometry: dict[str, Any], out: str | Path, title: str = "LDA projection of SRI signals") -> Path:
     """2-D LDA coordinates coloured by response class."""
     coords = np.asarray(geometry["coords"], dtype=float)
