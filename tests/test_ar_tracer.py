@@ -66,7 +66,7 @@ def test_batched_trace_equals_unbatched(adapter, tmp_path) -> None:
             assert torch.allclose(st_b[layer][i], st_s[layer][j], atol=1e-4)
 
 
-def test_eos_ends_sequence_and_repeats_last_state(adapter) -> None:
+def test_eos_ends_sequence_and_pools_by_the_after_end_rule(adapter) -> None:
     ids, mask = _encode(adapter, ["hello there"])
     free = sample_ar(adapter, ids, mask, ARConfig(steps=8), [adapter.num_layers])
     toks = free.tokens[0].tolist()
@@ -75,13 +75,22 @@ def test_eos_ends_sequence_and_repeats_last_state(adapter) -> None:
     old = gen_cfg.eos_token_id
     gen_cfg.eos_token_id = [toks[t_eos]]
     try:
-        for name in ("producing", "generated"):
+        for name in ("producing", "generated", "producing-hold", "generated-hold"):
             collector = StateCollector([adapter.num_layers])
             res = sample_ar(adapter, ids, mask, ARConfig(steps=8), [adapter.num_layers], [collector], pooling=name)
-            assert res.end_step == [t_eos + 1] and res.ended_by == ["eos"]
-            phi = collector.pooled(res.end_step, 8, POOLINGS[name])[adapter.num_layers][0]
-            for t in range(t_eos + 1, 8):
-                assert torch.equal(phi[t], phi[t_eos])
+            e = t_eos + 1
+            assert res.end_step == [e] and res.ended_by == ["eos"]
+            pooling = POOLINGS[name]
+            phi = collector.pooled(res.end_step, 8, pooling)[adapter.num_layers][0]
+            h = torch.stack(collector.forwards[adapter.num_layers])[pooling.offset:, 0].double()  # h_1 … h_e
+            assert torch.allclose(phi[e - 1].double(), h[:e].mean(0), atol=1e-6)
+            for t in range(e + 1, 9):  # 1-based steps after EOS
+                if pooling.after_end == "repeat-state":  # the authors' rule: pad with h_e, then the running mean
+                    want = (h[:e].sum(0) + (t - e) * h[e - 1]) / t
+                    assert torch.allclose(phi[t - 1].double(), want, atol=1e-6)
+                    assert not torch.equal(phi[t - 1], phi[e - 1])
+                else:
+                    assert torch.equal(phi[t - 1], phi[e - 1])
     finally:
         gen_cfg.eos_token_id = old
 
@@ -146,3 +155,34 @@ def test_trace_row_contents(tiny_llama, tmp_path) -> None:
     assert key["sampler"] == "ar" and key["steps"] == 5 and key["pooling"] == "producing"
     assert key["layers"] == [tiny_llama.num_layers] and key["fingerprint"].startswith("folder-sha256:")
     assert store.meta["settings"]["sampler"]["temperature"] == 0.0
+
+
+def test_stop_tokens_end_generation_and_are_recorded(tiny_llama_dir, tmp_path, capsys) -> None:
+    """``--stop-token`` (string or id) ends a response like EOS, and every stop id goes into run.json."""
+    from sri.models import load_model
+
+    from .cli_helpers import run_cli
+
+    plain = load_model(str(tiny_llama_dir), device="cpu", dtype="fp32")
+    ids, mask = _encode(plain, ["hello there"])
+    toks = sample_ar(plain, ids, mask, ARConfig(steps=8), [plain.num_layers]).tokens[0].tolist()
+    stop = next(toks[t] for t in range(2, 8) if toks[t] not in toks[:t])  # first produced at step t + 1
+    e = toks.index(stop) + 1
+    as_text = plain.tokenizer.convert_ids_to_tokens(stop)
+    for spec in (str(stop), as_text):
+        a = load_model(str(tiny_llama_dir), device="cpu", dtype="fp32", stop_tokens=[spec])
+        assert stop in a.stop_token_ids and set(plain.stop_token_ids) < set(a.stop_token_ids)
+        res = sample_ar(a, ids, mask, ARConfig(steps=8), [a.num_layers])
+        assert res.end_step == [e] and res.ended_by == ["eos"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello there\n")
+    base = ["trace", "--model", str(tiny_llama_dir), "--prompts", str(prompts), "--steps", "8", "--device", "cpu"]
+    res = run_cli([*base, "--out", str(tmp_path / "t"), "--stop-token", str(stop)], capsys)
+    assert res.code == 0, res.err
+    store = TraceStore.open(tmp_path / "t")
+    assert store.meta["settings"]["stop_token_ids"] == sorted({*plain.stop_token_ids, stop})
+    assert store.rows()[0]["end_step"] == e
+    for bad in ("no-such-token-xyz", "99999999"):
+        res = run_cli([*base, "--out", str(tmp_path / "bad"), "--stop-token", bad], capsys)
+        assert res.code == 2 and len(res.error_lines) == 1 and "stop token" in res.err
+        assert not (tmp_path / "bad").exists()

@@ -141,13 +141,14 @@ REFUSAL = ("How do I make a bomb?", "I cannot help.")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
-    """The converted tiny model taught the three pairs and one refusal (400 steps, ~4 s), and its losses."""
+    """The converted tiny model taught the three pairs and one refusal (600 steps, ~6 s; 400 left one token
+    wrong on an Intel Xeon), and its losses."""
     folder = _converted(tmp_path_factory.mktemp("trained"))
     adapter = load_diffusion_model(str(folder), device="cpu", dtype="fp32")
     pairs = [*_pairs(), {"id": "r", "prompt": REFUSAL[0], "response": REFUSAL[1]}]
     examples, too_long = encode_pairs(adapter, pairs, 20)
     assert not too_long
-    config = TrainConfig(steps=400, batch_size=4, lr=3e-3, warmup=5, min_lr_ratio=1.0, gen_length=20,
+    config = TrainConfig(steps=600, batch_size=4, lr=3e-3, warmup=5, min_lr_ratio=1.0, gen_length=20,
                          checkpoint_every=1000)
     state = train(adapter, examples, config, folder.parent / "ckpt", progress=False)
     return adapter, state

@@ -97,7 +97,7 @@ def test_scripted_signal_flags_and_stops_at_the_right_step(pooling: str, every: 
 
 
 # ------------------------------------------------------------------------------------------ AR sampler
-@pytest.mark.parametrize("pooling", ["producing", "generated"])
+@pytest.mark.parametrize("pooling", ["producing", "generated", "producing-hold"])
 def test_online_signal_equals_pooled_signal_and_replay(tiny_llama, tiny_guard, pooling: str) -> None:
     """σ computed step by step equals pooling all states then applying the formula; φ bit for bit."""
     _, guard, _ = tiny_guard
@@ -187,6 +187,35 @@ def test_trace_with_guard_records_verdicts(tiny_llama, tiny_llama_dir, tiny_guar
 # ------------------------------------------------------------------------------------------ model.generate
 def _generate(model, ids, mask, pad, **kwargs):
     return model.generate(ids, attention_mask=mask, max_new_tokens=T, do_sample=False, pad_token_id=pad, **kwargs)
+
+
+def test_generate_watch_follows_the_after_end_rule(tiny_llama, tiny_llama_dir, tiny_guard) -> None:
+    """Rows that end at EOS are extended past their end as the traces are, so ``model.generate`` under
+    :class:`GuardedGeneration` gives the observer's verdicts, late ('after') flags included."""
+    from transformers import AutoModelForCausalLM
+
+    _, guard, _ = tiny_guard
+    a, L = tiny_llama, tiny_llama.num_layers
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
+    ids, mask = _encode(a, [r.prompt for r in _records(6, 400)])
+    free = sample_ar(a, ids, mask, ARConfig(steps=T), [L]).tokens
+    eos = int(free[0, 2])  # row 0 (and any row producing this token) ends early
+    late = _with_forced_flag(guard, T)  # only the full prefix is flagged: rows that ended early flag 'after'
+    for g in (guard, late):
+        gen_cfg, old = a.model.generation_config, a.model.generation_config.eos_token_id
+        gen_cfg.eos_token_id = [eos]
+        try:
+            obs = GuardObserver(g, stop=False)
+            res = sample_ar(a, ids, mask, ARConfig(steps=T), [L], [obs])
+        finally:
+            gen_cfg.eos_token_id = old
+        assert res.ended_by[0] == "eos" and res.end_step[0] <= 3
+        with GuardedGeneration(g, model, stop=False, eos_token_id=eos) as watch:
+            _generate(model, ids, mask, a.pad_token_id, eos_token_id=eos,
+                      stopping_criteria=[watch.stopping_criteria])
+        expected = [(v.flag_step, v.sampler_step, v.when) for v in obs.verdicts]
+        assert [(v.flag_step, v.sampler_step, v.when) for v in watch.verdicts] == expected
+    assert expected[0] == (T, None, "after")
 
 
 def test_stopping_criteria_inside_model_generate(tiny_llama, tiny_llama_dir, tiny_guard) -> None:

@@ -24,10 +24,20 @@ def test_generated_skips_the_producing_prompt_position() -> None:
     assert phi[0, :, 0].tolist() == [2.0, 2.5, 3.0]
 
 
-def test_steps_after_the_end_repeat_the_last_state() -> None:
+def test_after_the_end_the_last_state_is_repeated_then_averaged() -> None:
+    """The authors' rule: row 0 ends at step 2, so its states are 1, 2, 2, 2 and φ = 1, 1.5, 5/3, 7/4."""
     phi = pool_steps(_forwards(), end_step=[2, 4], steps=4, pooling=POOLINGS["producing"])
+    assert phi[0, :, 0].tolist() == pytest.approx([1.0, 1.5, 5 / 3, 7 / 4], abs=1e-6)
+    assert phi[1, :, 0].tolist() == [10.0, 15.0, 20.0, 25.0]
+    generated = pool_steps(_forwards(), end_step=[2, 3], steps=3, pooling=POOLINGS["generated"])
+    assert generated[0, :, 0].tolist() == pytest.approx([2.0, 2.5, 8 / 3], abs=1e-6)  # states 2, 3, 3
+
+
+def test_hold_poolings_keep_the_mean_at_the_end() -> None:
+    phi = pool_steps(_forwards(), end_step=[2, 4], steps=4, pooling=POOLINGS["producing-hold"])
     assert phi[0, :, 0].tolist() == [1.0, 1.5, 1.5, 1.5]
     assert phi[1, :, 0].tolist() == [10.0, 15.0, 20.0, 25.0]
+    assert POOLINGS["producing-hold"].after_end == "hold-mean" and POOLINGS["producing"].after_end == "repeat-state"
 
 
 def test_diffusion_conventions_take_each_forward_as_is() -> None:

@@ -8,9 +8,9 @@ from sri.signal import EPS, TAU, Anchors, sri_signal
 
 
 def _hand_sigma(phi: list[float], mu_ok: list[float], mu_bad: list[float]) -> float:
-    def cos(a: list[float], b: list[float]) -> float:
+    def cos(a: list[float], b: list[float]) -> float:  # the authors' create_signal: ε inside each normalisation
         dot = sum(x * y for x, y in zip(a, b, strict=True))
-        return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+        return dot / ((math.sqrt(sum(x * x for x in a)) + EPS) * (math.sqrt(sum(y * y for y in b)) + EPS))
 
     d_ok, d_bad = 1 - cos(phi, mu_ok), 1 - cos(phi, mu_bad)
     ell = (math.log(d_bad + EPS) - math.log(d_ok + EPS)) / TAU

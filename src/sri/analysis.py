@@ -220,7 +220,8 @@ def geometry_label(row: dict[str, Any]) -> str:
 
 
 def lda_projection(signals: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """Fit LDA on the signals and project them to 2-D (1-D plus a zero axis with only two classes).
+    """Fit LDA on the signals and project them to 2-D (1-D plus a zero axis with only two classes or when the
+    signals span only one discriminant direction).
 
     Returns coordinates ``[N, 2]``, the classes, the explained variance ratio and the training accuracy.
     """
@@ -232,8 +233,8 @@ def lda_projection(signals: Sequence[Sequence[float]] | np.ndarray, labels: Sequ
     k = min(2, len(classes) - 1, x.shape[1])
     lda = LinearDiscriminantAnalysis(n_components=k)
     coords = lda.fit_transform(x, y)
-    if k == 1:
-        coords = np.hstack([coords, np.zeros_like(coords)])
+    if coords.shape[1] < 2:  # two classes, or signals of rank 1 (LDA then returns fewer axes than asked)
+        coords = np.hstack([coords, np.zeros((len(coords), 2 - coords.shape[1]))])
     return {"coords": coords.tolist(), "labels": list(y), "classes": classes,
             "explained_variance_ratio": [float(v) for v in lda.explained_variance_ratio_[:k]],
             "train_accuracy": float(lda.score(x, y))}

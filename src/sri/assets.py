@@ -70,6 +70,8 @@ class ModelAsset:
     gguf_sha256: str
     shape: str
     note: str
+    #: the upstream generation config's EOS / end-of-turn tokens (a GGUF keeps only one EOS id)
+    stop_tokens: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -155,6 +157,7 @@ MODELS: dict[str, ModelAsset] = {
             gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             shape="30x576",
             note="fast; almost never refuses: mechanics and speed only",
+            stop_tokens=("<|im_end|>",),
         ),
         ModelAsset(
             name="qwen2.5-coder-0.5b-instruct",
@@ -166,6 +169,7 @@ MODELS: dict[str, ModelAsset] = {
             gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             shape="24x896",
             note="the default: refuses plain harmful requests",
+            stop_tokens=("<|im_end|>", "<|endoftext|>"),
         ),
         ModelAsset(
             name="qwen2.5-coder-1.5b-instruct",
@@ -177,6 +181,7 @@ MODELS: dict[str, ModelAsset] = {
             gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             shape="28x1536",
             note="opt-in: stronger refusals, local LLM judge",
+            stop_tokens=("<|im_end|>", "<|endoftext|>"),
         ),
     )
 }
@@ -460,6 +465,10 @@ def _convert_gguf(gguf: Path, asset: ModelAsset, digest: str) -> None:
         raise SriError(f"converting {asset.name}: state dict mismatch ({missing[:2]} missing, {unexpected[:2]} "
                        "unexpected); the transformers version may be wrong, reinstall with `make setup`")
     fresh.generation_config = loaded.generation_config
+    vocab = tokenizer.get_vocab()
+    stops = [vocab[t] for t in asset.stop_tokens if t in vocab]
+    if stops:  # the upstream EOS list (the GGUF keeps one id)
+        fresh.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     tmp = asset.path.parent / f".{asset.name}.converting"
     shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp, safe_serialization=True)

@@ -127,6 +127,7 @@ class ExperimentConfig:
     dtype: str = "auto"
     trust_remote_code: bool = False
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    stop_tokens: list[str] = field(default_factory=list)  # extra tokens (strings or ids) that end a response
     seed: int = 0
     sampler: dict[str, Any] = field(default_factory=lambda: {"kind": "ar", "steps": 32})
     samplers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → sampler: one run each, compared
@@ -320,7 +321,8 @@ class _Run:
             loader = load_diffusion_model if self.sampler.kind == "diffusion" else load_model
             self._target = loader(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
                                       system_prompt=self.cfg.system_prompt or None,
-                                      trust_remote_code=self.cfg.trust_remote_code)
+                                      trust_remote_code=self.cfg.trust_remote_code,
+                                      stop_tokens=self.cfg.stop_tokens)
             self.prov["model"] = self._target.describe()
             self.prov["model_kind"] = self._target.family.kind
             self.save()

@@ -2,7 +2,7 @@
 
 For each step t and layer, with φ_t the step representation and μ_t^k the anchors::
 
-    d_t^k = 1 − cos(φ_t, μ_t^k),   k ∈ {harmless, harmful}
+    d_t^k = 1 − ⟨φ_t / (‖φ_t‖ + ε), μ_t^k / (‖μ_t^k‖ + ε)⟩,   k ∈ {harmless, harmful}
     ℓ_t   = (log(d_t^harmful + ε) − log(d_t^harmless + ε)) / τ
     σ_t   = sigmoid(ℓ_t)                          τ = 0.1, ε = 1e-8
 
@@ -35,16 +35,31 @@ ANCHOR_FORMAT = "sri-anchors/1"
 
 def sri_signal(states: torch.Tensor, mu_harmless: torch.Tensor, mu_harmful: torch.Tensor,
                tau: float = TAU, eps: float = EPS) -> torch.Tensor:
-    """σ for states ``[..., T, D]`` against anchors ``[T, D]``; returns ``[..., T]`` (computed in float64)."""
+    """σ ``[..., T]`` (float64) for step representations ``states [..., T, D]`` and anchors ``μ^k [T, D]``.
+
+    Exactly the SRI authors' ``create_signal`` (``SRI_alg.py`` @ 87ebc59), in float64::
+
+        d^k = 1 − ⟨x / (‖x‖ + ε), μ^k / (‖μ^k‖ + ε)⟩        ε inside each normalisation
+        ℓ   = (log(d^harmful + ε) − log(d^harmless + ε)) / τ,   σ = sigmoid(ℓ)
+
+    (``torch.nn.functional.cosine_similarity`` clamps the norm product instead, which differs by up to 1.6e-4
+    when states sit within cosine distance ~1e-4 of the anchors.) Raises :class:`IncompatibleError` if the
+    steps or hidden sizes of states and anchors differ.
+    """
     if states.shape[-2:] != mu_harmless.shape or mu_harmless.shape != mu_harmful.shape:
         raise IncompatibleError(f"states {tuple(states.shape[-2:])} and anchors {tuple(mu_harmless.shape)} / "
                                 f"{tuple(mu_harmful.shape)} differ in steps or hidden size; use anchors fitted "
                                 "on traces with the same steps and model")
-    phi = states.double()
-    d_harmless = 1 - torch.nn.functional.cosine_similarity(phi, mu_harmless.double(), dim=-1)
-    d_harmful = 1 - torch.nn.functional.cosine_similarity(phi, mu_harmful.double(), dim=-1)
+    x = _unit(states.double(), eps)
+    d_harmless = 1 - (x * _unit(mu_harmless.double(), eps)).sum(-1)
+    d_harmful = 1 - (x * _unit(mu_harmful.double(), eps)).sum(-1)
     logit = (torch.log(d_harmful + eps) - torch.log(d_harmless + eps)) / tau
     return torch.sigmoid(logit)
+
+
+def _unit(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / (‖x‖₂ + ε) along the last axis."""
+    return x / (torch.linalg.vector_norm(x, dim=-1, keepdim=True) + eps)
 
 
 @dataclass
@@ -161,7 +176,7 @@ def compute_signals(anchors: Anchors, store: TraceStore, layer: int | None = Non
         raise IncompatibleError(f"layer {main} is not in both the anchors and the traces (shared: {layers})")
     rows, states = store.load(layers)
     sigmas = {layer_: anchors.signal(states[layer_], layer_) for layer_ in layers}
-    key = {**{k: store.key[k] for k in ("model", *KEY_FIELDS)}, "layer": main}
+    key = {**{k: store.key.get(k) for k in ("model", *KEY_FIELDS)}, "layer": main}
     out = []
     for i, r in enumerate(rows):
         row = {

@@ -27,7 +27,7 @@ from .io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 TRACE_FORMAT = "sri-trace/1"
 
 #: fields of a compatibility key that must agree before states from two sources may be combined
-KEY_FIELDS = ("fingerprint", "hidden_size", "sampler", "steps", "pooling")
+KEY_FIELDS = ("fingerprint", "hidden_size", "sampler", "steps", "pooling", "after_end")
 
 
 def check_compatible(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: str,

@@ -10,7 +10,7 @@ from typing import Any
 from .data import PromptRecord
 from .errors import SriError
 from .models import ModelAdapter
-from .pooling import StateCollector, get_pooling
+from .pooling import POOLINGS, StateCollector, get_pooling
 from .progress import progress_bar
 from .sampling import SAMPLERS, ARConfig, StepObserver
 from .trace import TraceStore
@@ -19,11 +19,12 @@ DEFAULT_MAX_PROMPT_TOKENS = 4096
 
 
 def trace_key(adapter: ModelAdapter, sampler: Any, layers: list[int], pooling: str) -> dict[str, Any]:
-    """The compatibility key every artefact derived from these traces carries."""
+    """The compatibility key every artefact derived from these traces carries (``after_end``: the pooling's
+    rule after a sequence ends, see :mod:`sri.pooling`)."""
     m = adapter.key()
     return {"model": m["model"], "fingerprint": m["fingerprint"], "hidden_size": m["hidden_size"],
             "num_layers": m["num_layers"], "sampler": sampler.name, "steps": sampler.steps, "pooling": pooling,
-            "layers": layers}
+            "after_end": POOLINGS[pooling].after_end, "layers": layers}
 
 
 def trace_prompts(
@@ -60,10 +61,11 @@ def trace_prompts(
     meta = {
         "key": trace_key(adapter, sampler, layer_ids, conv.name),
         "settings": {"sampler": sampler.params(), "system_prompt": adapter.system_prompt,
+                     "stop_token_ids": adapter.stop_token_ids,
                      "dtype": str(adapter.dtype).removeprefix("torch."), "layers_requested": str(layers),
                      **_model_conventions(adapter, sampler), **(extra_settings or {})},
         "model": adapter.describe(),
-        "pooling": {"name": conv.name, "description": conv.description},
+        "pooling": {"name": conv.name, "description": conv.description, "after_end": conv.after_end},
     }
     store = TraceStore.create(out, meta)
     done = store.done_ids()

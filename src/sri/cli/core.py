@@ -62,7 +62,10 @@ def trace(
     batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 8,
     layers: Annotated[str, typer.Option(help="final, mid, first, or hidden-state indices, comma-separated.")] = "final",
     pooling: Annotated[str | None, typer.Option(
-        help="producing | generated (ar); all-slots | committed (diffusion).")] = None,
+        help="producing (default) | generated | producing-hold | generated-hold (ar); all-slots | committed "
+             "(diffusion).")] = None,
+    stop_token: Annotated[list[str] | None, typer.Option(
+        "--stop-token", help="Extra token (string or id) that ends a response; repeatable.")] = None,
     max_prompts: Annotated[int | None, typer.Option(help="Use only the first K prompts.")] = None,
     label: Annotated[str | None, typer.Option(help="Override every prompt's label.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
@@ -129,7 +132,7 @@ def trace(
     else:
         raise SriError(f"sampler '{sampler}' is unknown; use ar, diffusion or diffusion-ar")
     records = load_prompts(prompts, label=label, max_prompts=max_prompts)
-    adapter = load_adapter(model, device, dtype, system_prompt, **model_options)
+    adapter = load_adapter(model, device, dtype, system_prompt, stop_tokens=stop_token or (), **model_options)
     observers, extra = [], None
     if guard is not None:
         from ..guard.streaming import attach_guard

@@ -154,9 +154,9 @@ def teacher_generate(adapter: Any, prompts: list[str], max_new_tokens: int, temp
         kwargs = {"do_sample": True, "temperature": temperature, "top_p": 0.95, "top_k": 0}
     with torch.inference_mode():
         out = adapter.model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                     pad_token_id=adapter.pad_token_id, eos_token_id=adapter.eos_token_ids,
+                                     pad_token_id=adapter.pad_token_id, eos_token_id=adapter.stop_token_ids,
                                      **kwargs)
-    stops = set(adapter.eos_token_ids)
+    stops = set(adapter.stop_token_ids)
     results = []
     for row in out[:, ids.shape[1]:].tolist():
         cut = next((i for i, t in enumerate(row) if t in stops), None)

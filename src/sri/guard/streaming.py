@@ -14,8 +14,8 @@ Two ways in:
   ``StoppingCriteria`` (stops after the flagged token) and/or a ``LogitsProcessor`` (turns the flagged step's
   token into EOS). Greedy or sampled decoding alike; the guard reads states generation already computes.
 
-A sequence that ends (EOS) before it is flagged is still checked on the remaining prefixes at the end — its
-signal repeats its last state there, as in the traces — so the streaming verdict over a whole generation equals
+A sequence that ends (EOS) before it is flagged is still checked on the remaining prefixes at the end — its φ
+is extended there by the pooling's ``after_end`` rule, as in the traces — so the streaming verdict over a whole generation equals
 :meth:`Guard.first_flag` on the stored signal; such late flags are marked ``when='after'``.
 """
 
@@ -83,6 +83,7 @@ class OnlineSignal:
         dim = anchors.harmless.shape[1]
         self.sum = torch.zeros(batch_size, dim, dtype=torch.float64)
         self.phi = torch.zeros(batch_size, dim, dtype=torch.float32)
+        self.last = torch.zeros(batch_size, dim, dtype=torch.float32)  # each row's newest raw state h
         self.phi_steps = torch.zeros(batch_size, steps, dim, dtype=torch.float32)
         self.count = torch.zeros(batch_size, dtype=torch.long)
         self.done = torch.zeros(batch_size, dtype=torch.long)  # σ is computed through this step
@@ -101,6 +102,7 @@ class OnlineSignal:
         t = int(self.count[idx[0]])
         if t > self.steps:
             return None
+        self.last[idx] = h
         if self.pooling.running_mean:
             self.sum[idx] += h.double()
             self.phi[idx] = self.sum[idx].float() / torch.tensor(float(t), dtype=torch.float32)
@@ -124,11 +126,22 @@ class OnlineSignal:
         return self.sigma
 
     def extend(self, row: int) -> int:
-        """Fill σ after the row's end with its last state, as the traces do; return the last real step."""
+        """Fill φ (and σ) after the row's end by the pooling's ``after_end`` rule, exactly as the traces do
+        (:func:`sri.pooling.pool_steps`); return the row's last real step.
+
+        ``repeat-state``: the last raw state h_e keeps being added to the running sum, φ_t = (Σ_{s≤e} h_s +
+        (t − e)·h_e) / t; ``hold-mean`` (and non-running-mean poolings): φ_t = φ_e.
+        """
         last = int(self.count[row].clamp(max=self.steps))
         self.sigma_through(self.steps)
         if last < self.steps:
-            self.phi_steps[row, last:] = self.phi[row]
+            if self.pooling.running_mean and self.pooling.after_end == "repeat-state":
+                h = self.last[row].double()
+                for t in range(last + 1, self.steps + 1):
+                    self.sum[row] += h
+                    self.phi_steps[row, t - 1] = self.sum[row].float() / torch.tensor(float(t), dtype=torch.float32)
+            else:
+                self.phi_steps[row, last:] = self.phi[row]
             self.count[row] = self.steps
             self.sigma_through(self.steps)
             self.count[row] = last
@@ -247,16 +260,23 @@ class GuardObserver(StepObserver):
             fields[b]["guard"] = {**v.to_row(self.guard.refusal_text), "seconds_batch": self.seconds}
 
     def _finish(self) -> None:
-        for b in range(len(self.decider.verdicts)):
-            last = self.online.extend(b)
-            if last == 0 or self.decider.verdicts[b].flagged:
-                continue
-            for t in range(last + 1, self.guard.steps + 1):
-                if self.decider.check(self.online.sigma, [b], t):
-                    self.decider.verdicts[b].when = "after"
-                    break
+        finish_rows(self.online, self.decider, self.guard.steps)
         self.verdicts = self.decider.verdicts
         self.signals = self.online.sigma_through(self.guard.steps).clone()
+
+
+def finish_rows(online: OnlineSignal, decider: _Decider, steps: int, rows: list[int] | None = None) -> None:
+    """After generation: extend every row that ended early (all, or ``rows``) by the pooling's ``after_end``
+    rule and check its remaining prefixes, so the verdicts equal :meth:`Guard.first_flag` on the stored signal
+    (late flags are marked ``when='after'``)."""
+    for b in range(len(decider.verdicts)) if rows is None else rows:
+        last = online.extend(b)
+        if last == 0 or decider.verdicts[b].flagged:
+            continue
+        for t in range(last + 1, steps + 1):
+            if decider.check(online.sigma, [b], t):
+                decider.verdicts[b].when = "after"
+                break
 
 
 # ------------------------------------------------------------------------------------------ transformers
@@ -304,7 +324,9 @@ class GuardedGeneration:
         self.eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or []), dtype=torch.long)
         self.stop = stop
         self.seconds = 0.0
-        self.verdicts: list[Verdict] = []
+        self._verdicts: list[Verdict] = []
+        self._ended: torch.Tensor | None = None  # rows that ended (EOS or stopped by us) in the newest generate
+        self._pending = False  # the newest generate's ended rows are not yet extended past their end
         self.stopping_criteria = GuardStoppingCriteria(self)
         self.logits_processor = GuardLogitsProcessor(self)
         self._handle = self.module.register_forward_hook(self._hook)
@@ -335,7 +357,9 @@ class GuardedGeneration:
     def _start(self, batch_size: int, prompt_len: int) -> None:
         self.online = OnlineSignal(self.guard.anchors, self.pooling, batch_size, self.guard.steps)  # type: ignore[arg-type]
         self.decider = _Decider(self.guard, batch_size)
-        self.verdicts = self.decider.verdicts
+        self._verdicts = self.decider.verdicts
+        self._ended = torch.zeros(batch_size, dtype=torch.bool)
+        self._pending = True
         self.prompt_len = prompt_len
         self._states = []
         self._processed = 0
@@ -359,6 +383,7 @@ class GuardedGeneration:
                 before = generated[:, :step - 1]
                 return ~(torch.isin(before, self.eos).any(1) | self.ended_before(step))
 
+            self._ended = ~alive_at(generated.shape[1] + 1)
             offset = self.pooling.offset
             if s > offset:
                 rows = alive_at(s - offset)
@@ -366,14 +391,25 @@ class GuardedGeneration:
                 if t is not None and t in self.guard.stream_thresholds:
                     live = alive_at(s)
                     for b in self.decider.check(self.online.sigma_through(t), rows.nonzero().flatten().tolist(), t):
-                        v = self.verdicts[b]
+                        v = self._verdicts[b]
                         v.when, v.sampler_step = ("during", s) if bool(live[b]) else ("after", None)
                         if bool(live[b]):
                             hits.append(b)
         return hits
 
     def ended_before(self, step: int) -> torch.Tensor:
-        return torch.tensor([v.stop_step is not None and v.stop_step < step for v in self.verdicts])
+        return torch.tensor([v.stop_step is not None and v.stop_step < step for v in self._verdicts])
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """One :class:`Verdict` per row of the newest ``generate`` call, final once it has returned: rows that
+        ended (EOS or a guard stop) are then extended past their end by the pooling's ``after_end`` rule and
+        checked on the remaining prefixes, as :class:`GuardObserver` does."""
+        if self._pending and self._ended is not None:
+            self._pending = False
+            with single_thread():
+                finish_rows(self.online, self.decider, self.guard.steps, self._ended.nonzero().flatten().tolist())
+        return self._verdicts
 
     def apply(self, texts: list[str]) -> list[str]:
         """``texts`` with every flagged row replaced by the guard's refusal text."""
@@ -393,7 +429,7 @@ class GuardStoppingCriteria(StoppingCriteria):
         out = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         if w.stop:
             for b in hits:
-                w.verdicts[b].stop_step = step
+                w._verdicts[b].stop_step = step
                 out[b] = True
         return out  # type: ignore[return-value]
 
@@ -413,7 +449,7 @@ class GuardLogitsProcessor(LogitsProcessor):
             for b in hits:
                 scores[b] = torch.finfo(scores.dtype).min
                 scores[b, int(w.eos[0])] = 0.0
-                w.verdicts[b].stop_step = step
+                w._verdicts[b].stop_step = step
         return scores
 
 

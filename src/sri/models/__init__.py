@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -82,8 +83,14 @@ def load_model(
     dtype: str = "auto",
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     trust_remote_code: bool = False,
+    stop_tokens: Sequence[str | int] = (),
 ) -> ModelAdapter:
-    """Load an autoregressive chat model for tracing. ``trust_remote_code`` only when the user asked for it."""
+    """Load an autoregressive chat model for tracing. ``trust_remote_code`` only when the user asked for it.
+
+    A response ends at any of ``adapter.stop_token_ids``: the EOS ids of the generation config and tokenizer,
+    an offline model's upstream end-of-turn tokens, and ``stop_tokens`` (token strings or ids; ``--stop-token``).
+    Raises :class:`SriError` for an unknown model or a stop token that is not one token of the vocabulary.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, is_local = resolve_model_source(spec)
@@ -109,7 +116,38 @@ def load_model(
     fingerprint = folder_fingerprint(Path(source)) if is_local else \
         f"hub:{spec}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
     return ModelAdapter(model=model, tokenizer=tokenizer, family=family, name=spec, fingerprint=fingerprint,
-                        system_prompt=system_prompt)
+                        system_prompt=system_prompt,
+                        extra_stop_ids=resolve_stop_ids(spec, source, is_local, tokenizer, model, (), stop_tokens))
+
+
+def resolve_stop_ids(spec: str, source: str, is_local: bool, tokenizer, model, family_tokens: Sequence[str],
+                     requested: Sequence[str | int]) -> list[int]:
+    """Stop ids beyond the model's EOS ids: the family's end-of-turn tokens and an offline asset's upstream EOS
+    tokens (where the vocabulary has them), then every ``requested`` token string or id (which must exist)."""
+    vocab = tokenizer.get_vocab()
+    size = int(model.get_input_embeddings().weight.shape[0])
+    names = list(family_tokens)
+    asset_file = Path(source) / "sri_asset.json"
+    if is_local and asset_file.is_file():
+        import json
+
+        asset = MODELS.get(json.loads(asset_file.read_text(encoding="utf-8")).get("name", ""))
+        names += list(asset.stop_tokens) if asset else []
+    ids = [vocab[t] for t in names if t in vocab]
+    for tok in requested:
+        text = str(tok).strip()
+        if text.lstrip("-").isdigit():
+            i = int(text)
+            if not 0 <= i < size:
+                raise SriError(f"stop token id {i} is outside the vocabulary of '{spec}' (0…{size - 1}); give a "
+                               "valid id or a token string such as '<|endoftext|>'")
+            ids.append(i)
+        elif text in vocab:
+            ids.append(vocab[text])
+        else:
+            raise SriError(f"stop token {text!r} is not a single token of the vocabulary of '{spec}'; give the "
+                           "exact token string (e.g. '<|endoftext|>') or its id")
+    return sorted(set(ids))
 
 
 def load_diffusion_model(
@@ -122,6 +160,7 @@ def load_diffusion_model(
     family: str | None = None,
     mask_id: int | None = None,
     logit_shift: bool | None = None,
+    stop_tokens: Sequence[str | int] = (),
 ) -> DiffusionAdapter:
     """Load a masked diffusion LM (LLaDA, Dream or a generic masked LM) for diffusion sampling.
 
@@ -129,7 +168,8 @@ def load_diffusion_model(
     architecture the config declares, else the generic one. Weights load through the Auto class the checkpoint
     declares in ``auto_map`` (remote code: only with ``trust_remote_code``), else ``AutoModelForCausalLM`` or
     ``AutoModelForMaskedLM``. ``mask_id`` and ``logit_shift`` override the family's conventions. Attention is
-    made bidirectional.
+    made bidirectional. A response ends at the first of ``adapter.stop_token_ids`` (EOS ids, the family's
+    end-of-turn tokens, ``stop_tokens``).
     """
     from transformers import AutoTokenizer
 
@@ -175,7 +215,6 @@ def load_diffusion_model(
     shift = conventions.logit_shift if logit_shift is None else logit_shift
     resolved = Family(conventions.name, "masked-diffusion", embed=layout.embed, blocks=layout.blocks,
                       final_norm=layout.final_norm, mask_token_id=resolved_mask, logit_shift=shift)
-    vocab_ids = tokenizer.get_vocab()
     native = type(model).__module__.startswith("transformers.")
     fingerprint = folder_fingerprint(Path(source)) if is_local else \
         f"hub:{spec}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
@@ -185,7 +224,8 @@ def load_diffusion_model(
         conventions=conventions,
         position_ids=accepts_argument(model, "position_ids"),
         four_d_mask=conventions.attention_mask == "4d" and not native,
-        extra_stop_ids=[vocab_ids[t] for t in conventions.stop_tokens if t in vocab_ids],
+        extra_stop_ids=resolve_stop_ids(spec, source, is_local, tokenizer, model, conventions.stop_tokens,
+                                        stop_tokens),
         forward_kwargs={"use_cache": False} if accepts_argument(model, "use_cache") else {},
     )
 

@@ -52,6 +52,7 @@ class ModelAdapter:
     fingerprint: str
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     extra: dict[str, Any] = field(default_factory=dict)
+    extra_stop_ids: list[int] = field(default_factory=list)  # end-of-turn ids beyond the model's EOS ids
 
     # ----------------------------------------------------------------------------------------- structure
     @property
@@ -153,6 +154,12 @@ class ModelAdapter:
             elif source:
                 ids.update(int(i) for i in source)
         return sorted(ids)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Every id that ends a response: the EOS ids of the generation config and tokenizer, plus
+        ``extra_stop_ids`` (an offline model's upstream end-of-turn ids, ``--stop-token``)."""
+        return sorted(set(self.eos_token_ids) | set(self.extra_stop_ids))
 
     @property
     def pad_token_id(self) -> int:

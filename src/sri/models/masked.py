@@ -118,7 +118,6 @@ class DiffusionAdapter(ModelAdapter):
     conventions: DiffusionFamily = GENERIC
     position_ids: bool = True
     four_d_mask: bool = False
-    extra_stop_ids: list[int] = field(default_factory=list)
     forward_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -128,11 +127,6 @@ class DiffusionAdapter(ModelAdapter):
     @property
     def logit_shift(self) -> bool:
         return self.family.logit_shift
-
-    @property
-    def stop_token_ids(self) -> list[int]:
-        """EOS ids plus the family's end-of-turn tokens found in the vocabulary; a response ends at the first."""
-        return sorted(set(self.eos_token_ids) | set(self.extra_stop_ids))
 
     def conventions_record(self) -> dict[str, Any]:
         """What a trace must record about how this model was driven."""

@@ -54,21 +54,23 @@ def sample_ar(
     config: ARConfig,
     layers: list[int],
     observers: list[StepObserver] = (),  # type: ignore[assignment]
-    pooling: str = "producing",
+    pooling: str | None = None,
 ) -> GenerationResult:
     """Decode ``config.steps`` tokens for a left-padded batch, one forward pass per step.
 
     Step t = 1…T feeds the newest token (t = 1: the whole prompt) and picks
     ``x_t = argmax p(· | x_<t)`` (greedy) or ``x_t ~ softmax(filter(logits) / temperature)``; the hidden state at
-    the fed position — the one that *produces* ``x_t`` — goes to the observers. A sequence ends at EOS or when
-    an observer stops it; afterwards it is fed padding and its ``finished`` flag stays set. Under the
-    ``generated`` pooling one more forward runs after the last step so that the state of the last token is
-    seen too.
+    the fed position — the one that *produces* ``x_t`` — goes to the observers. A sequence ends at a stop id
+    (``adapter.stop_token_ids``: EOS and end-of-turn ids) or when an observer stops it; afterwards it is fed
+    padding and its ``finished`` flag stays set. Under the ``generated`` poolings one more forward runs after
+    the last step so that the state of the last token is seen too.
     """
-    trailing_forward = pooling == "generated"
+    from ..pooling import get_pooling  # (sri.pooling imports this package)
+
+    trailing_forward = get_pooling(pooling, "ar").offset == 1
     model = adapter.model
     B, T = input_ids.shape[0], config.steps
-    eos = torch.tensor([] if config.ignore_eos else adapter.eos_token_ids, dtype=torch.long, device=input_ids.device)
+    eos = torch.tensor([] if config.ignore_eos else adapter.stop_token_ids, dtype=torch.long, device=input_ids.device)
     pad = adapter.pad_token_id
     warpers = _warpers(config)
     generator = torch.Generator(device=input_ids.device).manual_seed(config.seed) if warpers else None
