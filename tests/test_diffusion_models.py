@@ -191,6 +191,28 @@ def test_random_remasking_and_temperature_are_seeded(adapters) -> None:
                                                                       c.extra["committed_at"]))
 
 
+@pytest.mark.parametrize("options", [{}, {"remasking": "entropy", "top_k": 5}, {"top_p": 0.8, "alg_temp": 0.3},
+                                     {"remasking": "origin", "temperature": 0.8}])
+def test_dream_native_steps_events_and_rows(adapters, options: dict) -> None:
+    """Under Dream's schedule every step commits the scheduled number per row (0 at early steps here: 3 slots
+    in 8 steps), events and rows stay consistent, and nothing is left masked."""
+    adapter = adapters["dream"]
+    ids, mask = _encode(adapter, PROMPTS[:2])
+    config = DiffusionConfig(steps=8, gen_length=3, seed=1, **options)
+    rec = Recorder()
+    result = sample_diffusion(adapter, ids, mask, config, [adapter.num_layers], [rec])
+    counts = [e.extra["committed"].sum(1).tolist() for e in rec.events]
+    if config.remasking != "origin":
+        assert counts == [[n, n] for n in dream_schedule(3, 8)] == [[0, 0]] * 6 + [[1, 1], [2, 2]]
+    assert not (result.tokens == adapter.mask_token_id).any()
+    rows = diffusion_rows(adapter, result, config)
+    for b, row in enumerate(rows):
+        assert [len(p) for p in row["committed_positions"]] == [c[b] for c in counts]
+        assert len(row["step_texts"]) == len(row["predicted_texts"]) == 8
+    for t, event in enumerate(rec.events, start=1):
+        assert torch.equal(event.extra["committed"], result.extra["committed_at"] == t)
+
+
 @pytest.mark.parametrize("name", ["llada", "dream"])
 def test_first_step_follows_the_logit_convention_and_cfg_formula(adapters, name: str) -> None:
     """Step 1 prediction at slot j = argmax of ℓ^u + (s+1)(ℓ − ℓ^u), ℓ read at position P+j (LLaDA) or P+j−1
