@@ -64,6 +64,27 @@ def test_every_sampler_setting_traces(workspace, sampler_args: list[str]) -> Non
     assert all(len(r["step_texts"]) == steps for r in rows)
 
 
+def test_schedule_is_recorded_in_run_json(workspace) -> None:
+    """--schedule dream-native (any family) and Dream's settings land in run.json; the LLaDA family's default is
+    recorded as llada; a resume under another schedule is refused."""
+    base = ("--sampler", "diffusion", "--steps", "8", "--gen-length", "16")
+    dream_args = ("--schedule", "dream-native", "--remasking", "margin", "--top-k", "3", "--top-p", "0.9",
+                  "--eps", "0.01", "--alg-temp", "0.5")
+    result = _trace(workspace, "harmless", "dream-native", *base, *dream_args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run = json.loads((workspace["root"] / "dream-native" / "run.json").read_text())
+    sampler = run["settings"]["sampler"]
+    assert (sampler["schedule"], sampler["remasking"], sampler["top_k"], sampler["top_p"], sampler["eps"],
+            sampler["alg_temp"]) == ("dream-native", "topk_margin", 3, 0.9, 0.01, 0.5)
+    assert run["key"]["sampler"] == "diffusion"
+    default = _trace(workspace, "harmless", "default-schedule", *base)
+    assert default.exit_code == 0, default.output + repr(default.exception)
+    run = json.loads((workspace["root"] / "default-schedule" / "run.json").read_text())
+    assert run["settings"]["sampler"]["schedule"] == "llada" and "top_k" not in run["settings"]["sampler"]
+    resumed = _trace(workspace, "harmless", "default-schedule", *base, "--schedule", "dream-native")
+    assert "other settings" in str(resumed.exception) and "schedule" in str(resumed.exception)
+
+
 def test_refusal_model_anchors_signal_plot(workspace) -> None:
     ws = workspace
     for name in ("harmful", "harmless"):
@@ -103,7 +124,12 @@ def test_remote_code_only_with_the_flag(workspace) -> None:
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--gen-length", "64"], "--gen-length only applies to --sampler diffusion"),
-    (["--sampler", "diffusion", "--top-k", "5"], "--top-k/--top-p only apply to --sampler ar"),
+    (["--sampler", "diffusion", "--top-k", "5"], "--top-k only applies to the dream-native schedule"),
+    (["--sampler", "diffusion-ar", "--top-p", "0.5"], "--top-p only apply to --sampler ar or the dream-native"),
+    (["--sampler", "diffusion", "--schedule", "dream-native", "--block-length", "64"], "one block"),
+    (["--sampler", "diffusion", "--schedule", "dream-native", "--remasking", "random"], "no dream-native"),
+    (["--sampler", "diffusion", "--schedule", "mdlm"], "schedule 'mdlm' is unknown"),
+    (["--schedule", "llada"], "--schedule only applies to --sampler diffusion"),
     (["--sampler", "diffusion-ar", "--steps", "8", "--gen-length", "16"], "must equal --steps"),
     (["--sampler", "diffusion-ar", "--remasking", "random"], "drop --remasking"),
     (["--sampler", "diffusion", "--steps", "7", "--gen-length", "16", "--block-length", "8"], "multiple of"),

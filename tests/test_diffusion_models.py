@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from sri.data import PromptRecord
-from sri.errors import SriError
+from sri.errors import IncompatibleError, SriError
 from sri.models import DiffusionAdapter, load_diffusion_model, load_model
 from sri.models.tiny import build_tiny_causal_lm, build_tiny_masked_lm, build_tiny_remote_llada
 from sri.pooling import POOLINGS, StateCollector
 from sri.sampling import ARConfig, DiffusionConfig, StepObserver, sample_ar, sample_diffusion
-from sri.sampling.diffusion import diffusion_rows
+from sri.sampling.diffusion import diffusion_rows, dream_schedule
 from sri.tracer import trace_prompts
 
 PROMPTS = ["hi", "Tell me a story about a cat", "x", "What is two plus two?"]
@@ -177,9 +177,12 @@ def test_schedule_blocks_and_commits(adapters, config: DiffusionConfig, per_bloc
 
 
 def test_random_remasking_and_temperature_are_seeded(adapters) -> None:
+    """Every random draw of either schedule comes from the seed (Dream's default schedule is dream-native)."""
     adapter = adapters["dream"]
     ids, mask = _encode(adapter, PROMPTS[:2])
-    for kw in ({"remasking": "random"}, {"temperature": 1.0}):
+    for kw in ({"remasking": "random", "schedule": "llada"}, {"temperature": 1.0, "schedule": "llada"},
+               {"temperature": 1.0}, {"remasking": "origin"}, {"alg_temp": 0.5}, {"remasking": "origin",
+                                                                                 "temperature": 1.0}):
         run = lambda seed, kw=kw: sample_diffusion(adapter, ids, mask, DiffusionConfig(steps=8, gen_length=16,
                                                                                        seed=seed, **kw), [1])
         a, b, c = run(5), run(5), run(6)
@@ -188,10 +191,32 @@ def test_random_remasking_and_temperature_are_seeded(adapters) -> None:
                                                                       c.extra["committed_at"]))
 
 
+@pytest.mark.parametrize("options", [{}, {"remasking": "entropy", "top_k": 5}, {"top_p": 0.8, "alg_temp": 0.3},
+                                     {"remasking": "origin", "temperature": 0.8}])
+def test_dream_native_steps_events_and_rows(adapters, options: dict) -> None:
+    """Under Dream's schedule every step commits the scheduled number per row (0 at early steps here: 3 slots
+    in 8 steps), events and rows stay consistent, and nothing is left masked."""
+    adapter = adapters["dream"]
+    ids, mask = _encode(adapter, PROMPTS[:2])
+    config = DiffusionConfig(steps=8, gen_length=3, seed=1, **options)
+    rec = Recorder()
+    result = sample_diffusion(adapter, ids, mask, config, [adapter.num_layers], [rec])
+    counts = [e.extra["committed"].sum(1).tolist() for e in rec.events]
+    if config.remasking != "origin":
+        assert counts == [[n, n] for n in dream_schedule(3, 8)] == [[0, 0]] * 6 + [[1, 1], [2, 2]]
+    assert not (result.tokens == adapter.mask_token_id).any()
+    rows = diffusion_rows(adapter, result, config)
+    for b, row in enumerate(rows):
+        assert [len(p) for p in row["committed_positions"]] == [c[b] for c in counts]
+        assert len(row["step_texts"]) == len(row["predicted_texts"]) == 8
+    for t, event in enumerate(rec.events, start=1):
+        assert torch.equal(event.extra["committed"], result.extra["committed_at"] == t)
+
+
 @pytest.mark.parametrize("name", ["llada", "dream"])
 def test_first_step_follows_the_logit_convention_and_cfg_formula(adapters, name: str) -> None:
     """Step 1 prediction at slot j = argmax of ℓ^u + (s+1)(ℓ − ℓ^u), ℓ read at position P+j (LLaDA) or P+j−1
-    (Dream); its two most confident slots are the ones committed."""
+    (Dream); its most confident slots, as many as the family's schedule says, are the ones committed."""
     adapter = adapters[name]
     ids, mask = _encode(adapter, ["What is two plus two?"])
     P, G, M, s = ids.shape[1], 8, adapter.mask_token_id, 1.5
@@ -202,6 +227,9 @@ def test_first_step_follows_the_logit_convention_and_cfg_formula(adapters, name:
     with torch.no_grad():
         cond = adapter.model(input_ids=x).logits[0, cols]
         uncond = adapter.model(input_ids=unconditional).logits[0, cols]
+    # the family's default schedule: LLaDA commits 8 / 4 = 2 slots at step 1, Dream int(8 · (1 − t_1 / t_0)) = 1
+    k = 2 if adapter.default_schedule == "llada" else dream_schedule(G, 4)[0]
+    assert k == (2 if name == "llada" else 1)
     for scale, logits in ((0.0, cond), (s, uncond + (s + 1) * (cond - uncond))):
         rec = Recorder()
         sample_diffusion(adapter, ids, mask, DiffusionConfig(steps=4, gen_length=G, cfg_scale=scale), [1], [rec])
@@ -209,7 +237,7 @@ def test_first_step_follows_the_logit_convention_and_cfg_formula(adapters, name:
         assert first.extra["predicted"][0].tolist() == logits.argmax(-1).tolist()
         confidence = logits.softmax(-1).max(-1).values
         assert sorted(first.extra["committed"][0].nonzero().flatten().tolist()) == \
-            sorted(confidence.topk(2).indices.tolist())
+            sorted(confidence.topk(k).indices.tolist())
     if adapter.logit_shift:  # the shift matters: unshifted logits predict something else
         with torch.no_grad():
             unshifted = adapter.model(input_ids=x).logits[0, P:P + G].argmax(-1)
@@ -289,7 +317,7 @@ def test_masks_inside_the_prompt_are_filled(adapters) -> None:
 def test_trace_shapes_and_metadata(adapters, tmp_path) -> None:
     adapter = adapters["dream"]
     recs = [PromptRecord(id=str(i), prompt=p, label="harmless") for i, p in enumerate(PROMPTS[:3])]
-    config = DiffusionConfig(steps=4, gen_length=8, block_length=4, remasking="margin")
+    config = DiffusionConfig(steps=4, gen_length=8, block_length=4, remasking="margin", schedule="llada")
     store = trace_prompts(adapter, recs, tmp_path / "t", sampler=config, layers="final,mid", pooling="committed",
                           progress=False)
     rows, states = store.load()
@@ -299,6 +327,7 @@ def test_trace_shapes_and_metadata(adapters, tmp_path) -> None:
     key, settings = store.key, store.meta["settings"]
     assert (key["sampler"], key["steps"], key["pooling"]) == ("diffusion", 4, "committed")
     assert settings["sampler"]["remasking"] == "margin" and settings["sampler"]["block_length"] == 4
+    assert settings["sampler"]["schedule"] == "llada" and "top_k" not in settings["sampler"]
     assert settings["diffusion_model"]["logit_shift"] is True
     assert settings["diffusion_model"]["mask_token_id"] == adapter.mask_token_id
     for row in rows:
@@ -312,6 +341,26 @@ def test_trace_shapes_and_metadata(adapters, tmp_path) -> None:
     assert ar_order.key["sampler"] == "diffusion-ar" and ar_order.key["pooling"] == "all-slots"
     with pytest.raises(SriError, match="does not apply to the diffusion sampler"):
         trace_prompts(adapter, recs, tmp_path / "bad", sampler=config, pooling="producing", progress=False)
+
+
+def test_trace_records_the_resolved_schedule(adapters, tmp_path) -> None:
+    """An unset schedule becomes the family's own in the settings (Dream: dream-native, under Dream's algorithm
+    names; LLaDA: llada), and a resume under the other schedule is refused."""
+    recs = [PromptRecord(id="0", prompt="hi")]
+    config = DiffusionConfig(steps=4, gen_length=8, remasking="margin")
+    for name, schedule, remasking in (("dream", "dream-native", "topk_margin"), ("llada", "llada", "margin")):
+        store = trace_prompts(adapters[name], recs, tmp_path / name, sampler=config, progress=False)
+        sampler = store.meta["settings"]["sampler"]
+        assert (sampler["schedule"], sampler["remasking"]) == (schedule, remasking)
+        assert ("eps" in sampler) == (schedule == "dream-native")
+        other = "llada" if schedule == "dream-native" else "dream-native"
+        with pytest.raises(IncompatibleError, match="other settings"):
+            trace_prompts(adapters[name], recs, tmp_path / name, sampler=replace(config, schedule=other),
+                          progress=False)
+    with pytest.raises(SriError, match="one block"):
+        trace_prompts(adapters["dream"], recs, tmp_path / "blocks", sampler=replace(config, block_length=4),
+                      progress=False)
+    assert not (tmp_path / "blocks").exists()
 
 
 def test_context_limit_of_a_llada_config(adapters, tmp_path) -> None:

@@ -159,7 +159,7 @@ def test_training_learns_and_the_shift_round_trips_through_sampling(trained) -> 
     early, late = sum(state.losses[:20]) / 20, sum(state.losses[-20:]) / 20
     assert late < 0.25 * early
     ids, attn = adapter.encode([adapter.render(p) for p, _ in PAIRS])
-    for sampler in (DiffusionConfig(steps=10, gen_length=20, block_length=10),
+    for sampler in (DiffusionConfig(steps=10, gen_length=20, block_length=10, schedule="llada"),
                     DiffusionConfig.ar_order(20)):
         rows = diffusion_rows(adapter, sample_diffusion(adapter, ids, attn, sampler, layers=[]), sampler)
         assert [r["response"] for r in rows] == [r for _, r in PAIRS]
@@ -214,7 +214,8 @@ def test_stopping_decided_rows_changes_no_response(trained) -> None:
 
     adapter, _ = trained
     ids, attn = adapter.encode([adapter.render(p) for p in (REFUSAL[0], PAIRS[0][0])])
-    for sampler in (DiffusionConfig(steps=20, gen_length=20, block_length=5), DiffusionConfig.ar_order(20)):
+    for sampler in (DiffusionConfig(steps=20, gen_length=20, block_length=5, schedule="llada"),
+                    DiffusionConfig.ar_order(20)):
         full = sample_diffusion(adapter, ids, attn, sampler, layers=[])
         stopper = StopWhenDecided(adapter.mask_token_id, adapter.stop_token_ids)
         early = sample_diffusion(adapter, ids, attn, sampler, layers=[], observers=[stopper])

@@ -74,6 +74,7 @@ def test_samplers_share_prompts_and_are_compared(refusing_dlm, tiny_llama_dir, t
         prompts[name] = sorted(r["prompt"] for r in rows)
         sampler = read_json(sub / "provenance.json")["sampler"]
         assert sampler["name"] == ("diffusion-ar" if name == "ar-order" else "diffusion")
+        assert sampler["schedule"] == "llada"  # resolved for the model's family once it is loaded
     assert prompts["ar-order"] == prompts["low-conf"]  # the same prompts, only the sampler differs
     comparison = read_json(run_dir / "comparison.json")
     assert comparison["reference"] == "ar-order"
@@ -136,6 +137,16 @@ def test_sampler_names_and_settings_are_checked(refusing_dlm, tiny_llama_dir) ->
         parse_config(config)
     config["samplers"] = {1: {"kind": "diffusion"}}
     with pytest.raises(SriError, match="samplers.1 must be a mapping under a name"):
+        parse_config(config)
+    dream = {"kind": "diffusion", "schedule": "dream-native", "steps": 4, "gen_length": 8, "remasking": "origin",
+             "top_k": 3, "top_p": 0.9, "eps": 0.01}
+    config["samplers"] = {"x": dream, "y": {**dream, "remasking": "maskgit_plus", "alg_temp": 0.5}}
+    assert parse_config(config).samplers["x"]["top_k"] == 3  # the YAML takes DiffusionConfig's names
+    config["samplers"] = {"x": {**dream, "block_length": 4}}
+    with pytest.raises(SriError, match="one block"):
+        parse_config(config)
+    config["samplers"] = {"x": {"kind": "diffusion", "schedule": "llada", "top_k": 3}}
+    with pytest.raises(SriError, match="--top-k only applies to the dream-native schedule"):
         parse_config(config)
     config["samplers"] = {"x": {"kind": "diffusion"}}
     with pytest.raises(SriError, match="either 'sampler' .* or 'samplers'"):

@@ -124,6 +124,8 @@ def _describe(spec: dict[str, Any]) -> str:
     if spec.get("kind", "ar") == "ar":
         return f"AR decoding, T={spec.get('steps', 32)}"
     parts = [f"{spec.get('remasking', 'low_confidence')} remasking", f"{spec.get('steps', 32)} steps"]
+    if spec.get("schedule"):
+        parts.insert(0, f"{spec['schedule']} schedule")
     if spec.get("gen_length"):
         parts.append(f"{spec['gen_length']} slots")
     if spec.get("block_length"):

@@ -325,6 +325,11 @@ class _Run:
                                       stop_tokens=self.cfg.stop_tokens)
             self.prov["model"] = self._target.describe()
             self.prov["model_kind"] = self._target.family.kind
+            if self.sampler.kind == "diffusion":  # the family's default schedule, now that the family is known
+                from .sampling import resolve_sampler
+
+                self.sampler = resolve_sampler(self.sampler, self._target)
+                self.prov["sampler"] = self.sampler.params()
             self.save()
         return self._target
 

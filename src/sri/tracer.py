@@ -12,7 +12,7 @@ from .errors import SriError
 from .models import ModelAdapter
 from .pooling import POOLINGS, StateCollector, get_pooling
 from .progress import progress_bar
-from .sampling import SAMPLERS, ARConfig, StepObserver
+from .sampling import SAMPLERS, ARConfig, StepObserver, resolve_sampler
 from .trace import TraceStore
 
 DEFAULT_MAX_PROMPT_TOKENS = 4096
@@ -48,8 +48,12 @@ def trace_prompts(
     batch is written as one atomic shard, so an interrupted run resumes without losing or duplicating records.
     Observers may add per-row fields through ``result.extra['row_fields']`` (e.g. a guard's verdicts);
     ``extra_settings`` (e.g. the guard used) are recorded with the settings, so a resume must use the same ones.
+    The sampler's model-dependent defaults (the diffusion schedule) are resolved for ``adapter`` first, so the
+    settings record what ran.
     """
     sampler = sampler or ARConfig()
+    if sampler.kind == "diffusion" and adapter.family.kind == "masked-diffusion":
+        sampler = resolve_sampler(sampler, adapter)
     if batch_size <= 0:
         raise SriError(f"batch size must be positive (got {batch_size})")
     layer_ids = adapter.resolve_layers(layers)

@@ -70,10 +70,17 @@ def trace(
     label: Annotated[str | None, typer.Option(help="Override every prompt's label.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     temperature: Annotated[float, typer.Option(help="0 = greedy (diffusion: Gumbel noise scale).")] = 0.0,
-    top_k: Annotated[int, typer.Option(help="0 = off (ar only).")] = 0,
-    top_p: Annotated[float, typer.Option(help="1 = off (ar only).")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="0 = off (ar; diffusion: dream-native schedule only).")] = 0,
+    top_p: Annotated[float, typer.Option(help="1 = off (ar; diffusion: dream-native schedule only).")] = 1.0,
     remasking: Annotated[str | None, typer.Option(
-        help="diffusion: low_confidence (default) | random | margin | entropy.")] = None,
+        help="diffusion: low_confidence (default) | random | margin | entropy (llada schedule); maskgit_plus | "
+             "topk_margin | entropy | origin (dream-native; sri's names map onto these).")] = None,
+    schedule: Annotated[str | None, typer.Option(
+        help="diffusion: llada | dream-native (default: the model family's — dream-native for Dream).")] = None,
+    eps: Annotated[float | None, typer.Option(
+        help="diffusion, dream-native: last timestep of linspace(1, eps, steps+1) (default 1e-3).")] = None,
+    alg_temp: Annotated[float | None, typer.Option(
+        help="diffusion, dream-native: sample the slots to commit from softmax(score/alg-temp) (0 = off).")] = None,
     gen_length: Annotated[int | None, typer.Option(
         help="diffusion: response slots (default 128; diffusion-ar: = steps).")] = None,
     block_length: Annotated[int | None, typer.Option(
@@ -103,7 +110,7 @@ def trace(
 
     diffusion_opts = {"--remasking": remasking, "--gen-length": gen_length, "--block-length": block_length,
                       "--cfg-scale": cfg_scale, "--family": family, "--mask-id": mask_id,
-                      "--logit-shift": logit_shift}
+                      "--logit-shift": logit_shift, "--schedule": schedule, "--eps": eps, "--alg-temp": alg_temp}
     if sampler == "ar":
         given = [name for name, value in diffusion_opts.items() if value is not None]
         if given:
@@ -113,20 +120,27 @@ def trace(
                                                       top_p=top_p, seed=seed)
         model_options: dict = {"trust_remote_code": trust_remote_code}
     elif sampler in ("diffusion", "diffusion-ar"):
-        if top_k != 0 or top_p != 1.0:
-            raise SriError("--top-k/--top-p only apply to --sampler ar; diffusion samples with --temperature")
         if sampler == "diffusion-ar":
-            if remasking is not None or block_length is not None:
-                raise SriError("--sampler diffusion-ar always commits the leftmost masked slot, one per step; "
-                               "drop --remasking/--block-length")
+            dream_only = [name for name, on in (("--top-k", top_k != 0), ("--top-p", top_p != 1.0),
+                                                ("--eps", eps is not None), ("--alg-temp", alg_temp is not None))
+                          if on]
+            if dream_only:
+                raise SriError(f"{', '.join(dream_only)} only apply to --sampler ar or the dream-native "
+                               "diffusion schedule, not to --sampler diffusion-ar")
+            if remasking is not None or block_length is not None or schedule not in (None, "llada"):
+                raise SriError("--sampler diffusion-ar always commits the leftmost masked slot, one per step "
+                               "(llada schedule); drop --remasking/--block-length/--schedule")
             if gen_length is not None and gen_length != steps:
                 raise SriError(f"--sampler diffusion-ar generates one token per step, so --gen-length ({gen_length}) "
                                f"must equal --steps ({steps}); drop --gen-length")
             config = DiffusionConfig.ar_order(steps, temperature=temperature, cfg_scale=cfg_scale or 0.0, seed=seed)
         else:
+            dream_opts = {"top_k": top_k or None, "top_p": None if top_p == 1.0 else top_p,
+                          **({"eps": eps} if eps is not None else {}), "alg_temp": alg_temp or 0.0}
             config = DiffusionConfig(steps=steps, gen_length=128 if gen_length is None else gen_length,
                                      block_length=block_length, remasking=remasking or "low_confidence",
-                                     temperature=temperature, cfg_scale=cfg_scale or 0.0, seed=seed)
+                                     temperature=temperature, cfg_scale=cfg_scale or 0.0, seed=seed,
+                                     schedule=schedule, **dream_opts)
         model_options = {"trust_remote_code": trust_remote_code, "family": family, "mask_id": mask_id,
                          "logit_shift": logit_shift, "diffusion": True}
     else:

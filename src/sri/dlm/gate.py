@@ -57,8 +57,9 @@ class GateConfig:
     base_reference: bool = True
 
     def diffusion(self) -> DiffusionConfig:
+        """LLaDA's semi-autoregressive schedule (blocks, sri's remasking names), whatever the family's default."""
         return DiffusionConfig(steps=self.steps, gen_length=self.gen_length, block_length=self.block_length,
-                               remasking=self.remasking, seed=self.seed)
+                               remasking=self.remasking, seed=self.seed, schedule="llada")
 
     def ar_order(self) -> DiffusionConfig:
         return DiffusionConfig.ar_order(self.gen_length, seed=self.seed)

@@ -15,8 +15,8 @@ Two ways in:
   token into EOS). Greedy or sampled decoding alike; the guard reads states generation already computes.
 
 A sequence that ends (EOS) before it is flagged is still checked on the remaining prefixes at the end — its φ
-is extended there by the pooling's ``after_end`` rule, as in the traces — so the streaming verdict over a whole generation equals
-:meth:`Guard.first_flag` on the stored signal; such late flags are marked ``when='after'``.
+is extended there by the pooling's ``after_end`` rule, as in the traces — so the streaming verdict over a whole
+generation equals :meth:`Guard.first_flag` on the stored signal; such late flags are marked ``when='after'``.
 """
 
 from __future__ import annotations

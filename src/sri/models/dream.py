@@ -8,7 +8,9 @@ Conventions (Dream's ``modeling_dream.py`` and ``generation_utils.py``):
 - logits at position i−1 predict token i (``logit_shift``), the AR-initialisation convention;
 - its attention takes the mask as given, so padded batches get a boolean ``[B, 1, S, S]`` mask, and
   ``position_ids`` skip the left padding (Dream's own batched generation does both);
-- the tail is filled with ``<|endoftext|>``; ``<|im_end|>`` ends the assistant turn.
+- the tail is filled with ``<|endoftext|>``; ``<|im_end|>`` ends the assistant turn;
+- sampled with Dream's own timestep schedule (``_sample`` in ``generation_utils.py``): the diffusion sampler's
+  default schedule for this family is ``dream-native``.
 
 A bidirectional ``Qwen2ForCausalLM`` whose config says ``"sri_family": "dream"`` follows the same conventions
 (the offline test models do this).
@@ -30,4 +32,5 @@ DREAM = DiffusionFamily(
     mask_id_from=("tokenizer", "generation_config", "config", "tokens"),
     attention_mask="4d",
     stop_tokens=("<|im_end|>", "<|endoftext|>"),
+    schedule="dream-native",
 )

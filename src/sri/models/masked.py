@@ -34,6 +34,8 @@ class DiffusionFamily:
     ``generation_config``, ``tokenizer`` (``tokenizer.mask_token_id``) and ``tokens`` (the ids of
     ``mask_tokens`` in the vocabulary). ``attention_mask`` is ``"2d"`` (a ``[B, S]`` padding mask) or ``"4d"``
     (a boolean ``[B, 1, S, S]`` mask, for remote code that hands the mask straight to attention).
+    ``schedule`` is the diffusion sampler's default schedule for the family (``"llada"`` or ``"dream-native"``,
+    see :class:`sri.sampling.diffusion.DiffusionConfig`).
     """
 
     name: str
@@ -45,6 +47,7 @@ class DiffusionFamily:
     mask_id_from: tuple[str, ...] = ("config", "tokenizer", "tokens")
     attention_mask: str = "2d"
     stop_tokens: tuple[str, ...] = ()
+    schedule: str = "llada"
 
     def matches(self, config: Any) -> bool:
         """True if ``config`` declares this family (model_type or architecture, case-insensitive)."""
@@ -127,6 +130,11 @@ class DiffusionAdapter(ModelAdapter):
     @property
     def logit_shift(self) -> bool:
         return self.family.logit_shift
+
+    @property
+    def default_schedule(self) -> str:
+        """The diffusion schedule a sampler uses on this model unless told otherwise (the family's own)."""
+        return self.conventions.schedule
 
     def conventions_record(self) -> dict[str, Any]:
         """What a trace must record about how this model was driven."""

@@ -24,10 +24,17 @@ class SamplerKind:
     rows: Callable[..., list[dict[str, Any]]]
 
 
+def resolve_sampler(sampler: Any, adapter: Any) -> Any:
+    """``sampler`` with every model-dependent default fixed for ``adapter`` (the diffusion schedule of its
+    family); configs without such defaults come back unchanged. What provenance and trace keys must record."""
+    resolve = getattr(sampler, "resolve", None)
+    return resolve(adapter) if callable(resolve) else sampler
+
+
 SAMPLERS: dict[str, SamplerKind] = {
     "ar": SamplerKind(run=sample_ar, rows=ar_rows),
     "diffusion": SamplerKind(run=sample_diffusion, rows=diffusion_rows),
 }
 
 __all__ = ["SAMPLERS", "ARConfig", "DiffusionConfig", "GenerationResult", "HiddenCapture", "SamplerKind",
-           "StepEvent", "StepObserver", "sample_ar", "sample_diffusion"]
+           "StepEvent", "StepObserver", "resolve_sampler", "sample_ar", "sample_diffusion"]
