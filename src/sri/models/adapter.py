@@ -200,8 +200,9 @@ def resolve_special_tokens(tokenizer: Any, model_config: Any, generation_config:
     """Give ``tokenizer`` an EOS and a pad token, or fail in one line.
 
     EOS: the tokenizer's own, else the first ``eos_token_id`` of generation_config.json, else of config.json.
-    Pad: the tokenizer's own, else EOS (padding is masked out, so any id serves). Called at load time, before
-    anything is generated or written.
+    Pad: the tokenizer's own, else EOS (padding is masked out, so any id serves). Neither is a one-line error (a
+    pad token without EOS is allowed: generation then runs every step). Called at load time, before anything is
+    generated or written.
     """
     if tokenizer.eos_token_id is None:
         for source in (generation_config, model_config):
@@ -214,10 +215,10 @@ def resolve_special_tokens(tokenizer: Any, model_config: Any, generation_config:
                 break
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.eos_token_id is None:
+    if tokenizer.pad_token_id is None:  # hence no EOS either
         raise SriError(f"'{model}' declares no end-of-sequence token (none in its tokenizer, generation_config.json "
-                       "or config.json), so generation cannot stop and batches cannot be padded; set eos_token in "
-                       "its tokenizer_config.json (or eos_token_id in generation_config.json)")
+                       "or config.json) and no pad token, so generation cannot stop and batches cannot be padded; "
+                       "set eos_token in its tokenizer_config.json (or eos_token_id in generation_config.json)")
 
 
 def folder_fingerprint(folder: Path) -> str:
