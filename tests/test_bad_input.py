@@ -2,6 +2,7 @@
 nothing half-written."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,136 @@ def test_bad_signal_file_for_plot(tmp_path, capsys) -> None:
     f.write_text(json.dumps({"id": "x", "label": "harmless"}) + "\n")
     _fails_cleanly(["plot", "--signals", str(f), "--out", str(tmp_path / "f.png")], capsys, "lacks 'sri'",
                    tmp_path / "f.png")
+
+
+# ------------------------------------------------------------------ undecodable text, tokenizers, templates
+LONE_SURROGATE = '{"prompt": "\\ud83d"}'  # a JSONL line with half a surrogate pair (an emoji cut in two)
+
+
+def _model_variant(base: Path, dest: Path, *, tokenizer: dict | None = None, config: dict | None = None,
+                   generation: dict | None = None, template: str | None = None) -> Path:
+    """A copy of a tiny model folder with keys of its tokenizer_config / config / generation_config set (``None``
+    → JSON null) and, with ``template``, another chat template."""
+    shutil.copytree(base, dest)
+    for name, patch in (("tokenizer_config.json", tokenizer), ("config.json", config),
+                        ("generation_config.json", generation)):
+        if patch:
+            data = json.loads((dest / name).read_text())
+            data.update(patch)
+            (dest / name).write_text(json.dumps(data))
+    if template is not None:
+        (dest / "chat_template.jinja").write_text(template)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory) -> dict[str, Path]:
+    from sri.models.tiny import build_tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("bad-models")
+    base = build_tiny_causal_lm(root / "base", "llama", layers=1, hidden=32, heads=2, kv_heads=1)
+    no_tokens = {"eos_token": None, "pad_token": None}
+    no_ids = {"eos_token_id": None, "pad_token_id": None}
+    return {
+        # the tokenizer has neither pad nor EOS; EOS only in generation_config.json
+        "eos-in-generation-config": _model_variant(base, root / "gen-eos", tokenizer=no_tokens, config=no_ids,
+                                                   generation={"pad_token_id": None}),
+        "no-eos-anywhere": _model_variant(base, root / "no-eos", tokenizer=no_tokens, config=no_ids,
+                                          generation=no_ids),
+        "raising-template": _model_variant(base, root / "raising", template="{{ raise_exception('no') }}"),
+    }
+
+
+def test_lone_surrogate_in_prompts(tiny_llama_dir, prompt_file, tmp_path, capsys) -> None:
+    f = prompt_file(['{"prompt": "fine"}', LONE_SURROGATE])
+    _fails_cleanly(["trace", "--model", str(tiny_llama_dir), "--prompts", str(f), "--out", str(tmp_path / "o")],
+                   capsys, "p.jsonl:2: prompt holds a lone surrogate (\\ud83d)", tmp_path / "o")
+    _fails_cleanly(["attack", "--attack", "refusal_suppression", "--prompts", str(f), "--out",
+                    str(tmp_path / "a.jsonl")], capsys, "p.jsonl:2: prompt holds a lone surrogate",
+                   tmp_path / "a.jsonl")
+    # a valid pair of surrogate escapes is one character and fine
+    ok = prompt_file(['{"prompt": "hi \\ud83d\\ude00"}'], "ok.jsonl")
+    assert run_cli(["attack", "--attack", "refusal_suppression", "--prompts", str(ok), "--out",
+                    str(tmp_path / "ok-out.jsonl")], capsys).code == 0
+
+
+def test_undecodable_text_in_other_inputs(tmp_path, capsys) -> None:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"response": "fine"}\n{"response": "I\'m sorry \\udc00"}\n')
+    _fails_cleanly(["judge", "--input", str(rows), "--out", str(tmp_path / "j.jsonl")], capsys,
+                   "rows.jsonl:2: response holds a lone surrogate (\\udc00)", tmp_path / "j.jsonl")
+    signals = tmp_path / "signals.jsonl"
+    signals.write_text('{"id": "a", "label": "harmless", "sri": [0.1], "key": {"note": "\\ud800"}}\n')
+    _fails_cleanly(["guard", "fit", "--benign", str(signals), "--calibrate", str(signals), "--out",
+                    str(tmp_path / "g")], capsys, "signals.jsonl:1: key.note holds a lone surrogate", tmp_path / "g")
+    latin1 = tmp_path / "p.txt"
+    latin1.write_bytes("first prompt\ncaf\xe9 prompt\n".encode("latin-1"))
+    _fails_cleanly(["trace", "--model", "unused", "--prompts", str(latin1), "--out", str(tmp_path / "o")], capsys,
+                   "p.txt:2 is not valid UTF-8 (byte 0xe9); save the file as UTF-8", tmp_path / "o")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "hi", "response": "\\ud83d"}\n')
+    out = tmp_path / "dlm"
+    _fails_cleanly(["dlm", "build", "--pairs", str(pairs), "--out", str(out), "--no-gate"], capsys,
+                   "pairs.jsonl:1: response holds a lone surrogate", out)
+    assert not list(tmp_path.glob(".dlm*"))  # nor its work folder
+
+
+def test_eos_only_in_generation_config_is_used(bad_models, prompt_file, tmp_path, capsys) -> None:
+    f = prompt_file(['{"id": "a", "prompt": "hi"}', '{"id": "b", "prompt": "a longer prompt"}'])
+    res = run_cli(["trace", "--model", str(bad_models["eos-in-generation-config"]), "--prompts", str(f), "--out",
+                   str(tmp_path / "o"), "--steps", "3", "--device", "cpu"], capsys)
+    assert res.code == 0, res.err
+    from sri.models import load_model
+
+    adapter = load_model(str(bad_models["eos-in-generation-config"]), device="cpu", dtype="fp32")
+    assert adapter.tokenizer.eos_token == "<|im_end|>" and adapter.tokenizer.pad_token == "<|im_end|>"
+
+
+def test_no_eos_anywhere(bad_models, prompt_file, tmp_path, capsys) -> None:
+    f = prompt_file(['{"prompt": "hi"}'])
+    model = str(bad_models["no-eos-anywhere"])
+    _fails_cleanly(["trace", "--model", model, "--prompts", str(f), "--out", str(tmp_path / "o")], capsys,
+                   "set eos_token in its tokenizer_config.json", tmp_path / "o")
+    message = f"'{model}' declares no end-of-sequence token"
+    _run_and_eval_fail(model, tmp_path, capsys, message)
+
+
+def test_chat_template_that_always_raises(bad_models, prompt_file, tmp_path, capsys) -> None:
+    f = prompt_file(['{"prompt": "hi"}'])
+    model = str(bad_models["raising-template"])
+    message = f"the chat template of '{model}' fails to render a conversation"
+    for system in ([], ["--system-prompt", ""]):
+        _fails_cleanly(["trace", "--model", model, "--prompts", str(f), "--out", str(tmp_path / "o"), *system],
+                       capsys, message, tmp_path / "o")
+    _fails_cleanly(["attack", "--attack", "pair", "--prompts", str(f), "--model", model, "--out",
+                    str(tmp_path / "a.jsonl"), "--device", "cpu"], capsys, message, tmp_path / "a.jsonl")
+    _fails_cleanly(["dlm", "build", "--base", model, "--pairs", str(_pairs(tmp_path)), "--out",
+                    str(tmp_path / "dlm"), "--no-gate"], capsys, message, tmp_path / "dlm")
+    assert not list(tmp_path.glob(".dlm*"))
+    _run_and_eval_fail(model, tmp_path, capsys, message)
+
+
+def _pairs(tmp_path: Path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "hi", "response": "hello"}\n')
+    return path
+
+
+def _run_and_eval_fail(model: str, tmp_path: Path, capsys, message: str) -> None:
+    import yaml
+
+    prompts = tmp_path / "few.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"prompt {i}"}) + "\n" for i in range(4)))
+    run_config = {"name": "t", "model": model, "device": "cpu", "dtype": "fp32",
+                  "anchors": {"harmless": {"dataset": str(prompts), "n": 1}, "harmful": {"dataset": str(prompts),
+                                                                                         "n": 1}},
+                  "eval": {"harmless": {"dataset": str(prompts), "n": 1}, "harmful": {"dataset": str(prompts),
+                                                                                      "n": 1}}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_config))
+    _fails_cleanly(["run", "--config", str(path), "--out", str(tmp_path / "run")], capsys, message,
+                   tmp_path / "run")
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump({"model": model, "device": "cpu", "dtype": "fp32", "n_anchor": 1, "n_fit": 1,
+                                    "n_calibrate": 1, "n_harmless": 1, "n_overrefusal": 1, "n_behaviours": 1}))
+    _fails_cleanly(["eval", "--config", str(path), "--out", str(tmp_path / "ev")], capsys, message, tmp_path / "ev")

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
+from .io import check_text
 from .models import ModelAdapter
+from .models.adapter import render_chat_template
 from .sampling import ARConfig, sample_ar
 
 #: ``system=ADAPTER_SYSTEM`` keeps the adapter's own system prompt (the paper's "You are a helpful assistant").
@@ -25,18 +27,10 @@ def render_chat(adapter: ModelAdapter, user: str, *, system: str | object | None
     """The exact text for one user turn with ``system`` (``None``: no system turn) and the generation prompt,
     followed by ``assistant_prefix`` (words put in the assistant's mouth, which it then continues)."""
     sys_text = adapter.system_prompt if system is ADAPTER_SYSTEM else system
-    tok = adapter.tokenizer
     if adapter.uses_chat_template:
-        messages = [{"role": "user", "content": user}]
-        if sys_text:
-            messages.insert(0, {"role": "system", "content": sys_text})
-        try:
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception:  # templates without a system role: fold it into the user turn
-            merged = f"{sys_text}\n\n{user}" if sys_text else user
-            text = tok.apply_chat_template([{"role": "user", "content": merged}], tokenize=False,
-                                           add_generation_prompt=True)
+        text = render_chat_template(adapter.tokenizer, user, sys_text, adapter.name)  # type: ignore[arg-type]
     else:
+        check_text(user, "a prompt")
         head = f"{sys_text}\n\n" if sys_text else ""
         text = f"{head}User: {user}\nAssistant:" + (" " if assistant_prefix else "")
     return text + assistant_prefix

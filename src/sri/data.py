@@ -8,6 +8,7 @@ dataset fetched by ``sri assets fetch --data`` (``advbench``, ``harmless``, … 
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 from .assets import DATASETS, dataset_path
 from .errors import SriError
-from .io import read_jsonl
+from .io import read_jsonl, read_text
 
 _CORE_FIELDS = ("id", "prompt", "label", "source")
 
@@ -73,13 +74,12 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     if suffix in {".jsonl", ".json"}:
         rows = read_jsonl(path)
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or "prompt" not in reader.fieldnames:
-                raise SriError(f"{path} has no 'prompt' column; the CSV header must name one")
-            rows = list(reader)
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+            raise SriError(f"{path} has no 'prompt' column; the CSV header must name one")
+        rows = list(reader)
     elif suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path).splitlines()
         rows = [{"prompt": line} for line in lines if line.strip()]
     else:
         raise SriError(f"{path}: unsupported prompt file type '{suffix}'; use .jsonl, .csv or .txt")

@@ -36,7 +36,7 @@ from .defenses import LLMGuard, PerplexityFilter, SelfExamine, SmoothLLM
 from .defenses.base import DefenseResult
 from .errors import SriError
 from .guard import Guard, GuardObserver, fit_guard, make_detector
-from .io import read_json, read_jsonl, write_json, write_text_atomic
+from .io import lone_surrogate, read_json, read_jsonl, read_text, write_json, write_text_atomic
 from .metrics import auroc, blocked, detection_report, rate_with_ci
 from .models import ModelAdapter, load_model
 from .report.roc import plot_roc
@@ -112,10 +112,13 @@ class EvalConfig:
         if not path.is_file():
             raise SriError(f"config {path} does not exist; see configs/guard_eval.yaml for an example")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.suffix in {".yaml", ".yml"} \
-                else read_json(path)
+            raw = yaml.safe_load(read_text(path)) if path.suffix in {".yaml", ".yml"} else read_json(path)
         except yaml.YAMLError as e:
             raise SriError(f"{path} is not valid YAML ({type(e).__name__}); fix it") from None
+        found = lone_surrogate(raw)
+        if found is not None:
+            raise SriError(f"{path}: {found[0] or 'the text'} holds a lone surrogate ({found[1]}), which is not "
+                           "valid Unicode text; remove it or give the full character")
         if not isinstance(raw, dict):
             raise SriError(f"{path} must hold a mapping of settings")
         known = {f.name for f in fields(cls)}

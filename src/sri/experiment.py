@@ -49,7 +49,7 @@ from .analysis import LAMBDA_C, LAMBDA_R, analyze_run, step_verdicts
 from .attacks import AttackContext, get_attack, run_attack
 from .data import PromptRecord, load_prompts
 from .errors import SriError
-from .io import read_json, read_jsonl, write_json, write_jsonl, write_text_atomic
+from .io import lone_surrogate, read_json, read_jsonl, read_text, write_json, write_jsonl, write_text_atomic
 from .judges import normalise
 from .llm_judge import QUESTION, LLMJudge, default_judge_model
 from .models import DEFAULT_SYSTEM_PROMPT
@@ -231,13 +231,17 @@ def load_config(path: str | Path) -> tuple[ExperimentConfig, str]:
     path = Path(path)
     if not path.is_file():
         raise SriError(f"config file {path} does not exist; see configs/ for examples")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise SriError(f"{path} is not valid YAML{where}; fix the syntax") from None
+    found = lone_surrogate(data)
+    if found is not None:
+        raise SriError(f"{path}: {found[0] or 'the text'} holds a lone surrogate ({found[1]}), which is not valid "
+                       "Unicode text; remove it or give the full character")
     return parse_config(data), text
 
 
@@ -406,23 +410,34 @@ def run_experiment(config: str | Path | ExperimentConfig, out: str | Path | None
     else:
         cfg, text = load_config(config)
     run_dir = Path(out) if out is not None else Path("results") / cfg.name
+    sets = prompt_sets(cfg)  # bad prompts and models fail here, before the run folder is written
+    _check_models(cfg)
     _claim_folder(run_dir, cfg, text, log)
     if cfg.samplers:
-        return _run_samplers(cfg, run_dir, progress, log)
+        return _run_samplers(cfg, run_dir, sets, progress, log)
     run = _Run(cfg, run_dir, progress, log)
-    sets = prompt_sets(cfg)
     with run.stage("attacks"):
         attack_sets = _attack_prompts(run, sets["harmful"])
     run.release_models(keep_target=True)
     return _run_pipeline(run, sets, attack_sets)
 
 
-def _run_samplers(cfg: ExperimentConfig, run_dir: Path, progress: bool, log: Callable[[str], None]) -> Path:
+def _check_models(cfg: ExperimentConfig) -> None:
+    """Resolve every model the config names and check its tokenizer (EOS/pad, chat template) without loading
+    weights, so a broken model is a one-line error before anything is written."""
+    from .models import check_model
+
+    check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code)
+    for name in {cfg.attacker, cfg.attack_model} - {None, cfg.model}:
+        check_model(name, system_prompt=cfg.system_prompt or None)  # type: ignore[arg-type]
+
+
+def _run_samplers(cfg: ExperimentConfig, run_dir: Path, sets: dict[str, list[PromptRecord]], progress: bool,
+                  log: Callable[[str], None]) -> Path:
     """Fixed weights, several samplers: the attack prompts are built once (``attacks/``), then every sampler gets
     a complete run in ``samplers/<name>/`` on the same prompts, and :mod:`sri.comparison` tabulates them."""
     from .comparison import write_comparison
 
-    sets = prompt_sets(cfg)
     first = next(iter(cfg.samplers.values()))
     shared = _Run(dataclasses.replace(cfg, sampler=first, samplers={}), run_dir, progress, log)
     with shared.stage("attacks"):

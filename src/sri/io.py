@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SriError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @contextmanager
@@ -43,32 +46,84 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
     write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A UTF-8 text file's contents; a missing file or bytes that are not UTF-8 are a one-line error (with the
+    line number)."""
     path = Path(path)
     if not path.is_file():
         raise SriError(f"file {path} does not exist; check the path")
+    raw = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SriError(f"{path}:{line} is not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as "
+                       "UTF-8") from None
+
+
+def lone_surrogate(obj: Any, where: str = "") -> tuple[str, str] | None:
+    """``(where, escape)`` of the first lone UTF-16 surrogate (e.g. a JSON ``"\\ud83d"`` without its pair) in a
+    string or in the keys/values of nested dicts and lists — ``where`` like ``prompt``, ``meta.note`` or
+    ``turns[1]`` — or ``None`` if all text is valid Unicode."""
+    if isinstance(obj, str):
+        m = _SURROGATE.search(obj)
+        return None if m is None else (where, f"\\u{ord(m.group()):04x}")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            inner = f"{where}.{key}" if where else str(key)
+            found = lone_surrogate(key, f"the key of {inner}") or lone_surrogate(value, inner)
+            if found is not None:
+                return found
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            found = lone_surrogate(value, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text holding a lone surrogate: no tokenizer can encode it and it cannot be written as UTF-8."""
+    found = lone_surrogate(text)
+    if found is not None:
+        raise SriError(f"{what} holds a lone surrogate ({found[1]}), which is not valid Unicode text; remove it or "
+                       "give the full character (both halves of a surrogate pair)")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    text = read_text(path)
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise SriError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); fix or regenerate it") from None
+    found = lone_surrogate(obj)
+    if found is not None:
+        raise SriError(f"{path}: {found[0] or 'the text'} holds a lone surrogate ({found[1]}), which is not valid "
+                       "Unicode text; remove it or give the full character")
+    return obj
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One JSON object per line (blank lines skipped). Invalid JSON, non-objects, bytes that are not UTF-8 and
+    text that is not valid Unicode (lone surrogates) are one-line errors naming the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise SriError(f"file {path} does not exist; check the path")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SriError(f"{path}:{n} is not valid JSON ({e.msg}); fix or regenerate the file") from None
-            if not isinstance(row, dict):
-                raise SriError(f"{path}:{n} is not a JSON object; each line must be one object")
-            rows.append(row)
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SriError(f"{path}:{n} is not valid JSON ({e.msg}); fix or regenerate the file") from None
+        if not isinstance(row, dict):
+            raise SriError(f"{path}:{n} is not a JSON object; each line must be one object")
+        if "\\u" in line:  # only a JSON escape can put a lone surrogate into text decoded as UTF-8
+            found = lone_surrogate(row)
+            if found is not None:
+                raise SriError(f"{path}:{n}: {found[0]} holds a lone surrogate ({found[1]}), which is not valid "
+                               "Unicode text; fix that line (give the full character or remove the escape)")
+        rows.append(row)
     return rows
 
 

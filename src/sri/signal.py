@@ -183,7 +183,7 @@ def compute_signals(anchors: Anchors, store: TraceStore, layer: int | None = Non
             "id": r["id"], "label": r["label"], "source": r.get("source", ""), "prompt": r["prompt"],
             "response": r["response"], "refused": is_refusal(r["response"]),
             "sri": sigmas[main][i].tolist(),
-            "text_signal": text_step_signal(r["step_texts"]),
+            "text_signal": text_step_signal(r["step_texts"], end_step=r.get("end_step")),
             "end_step": r.get("end_step"),
             "key": key,
         }

@@ -172,12 +172,14 @@ def judge(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write rows with 'refused' added (JSONL).")] = None,
 ) -> None:
     """Keyword refusal judge (paper Table 12): REFUSAL or ANSWER, with the matched phrase."""
-    from ..io import read_jsonl, write_jsonl
+    from ..io import check_text, read_jsonl, write_jsonl
     from ..judges import keyword_verdict
     from ..trace import TraceStore
 
     if not text and input_file is None:
         raise SriError("give texts to judge or --input FILE")
+    for i, t in enumerate(text or [], 1):
+        check_text(t, f"text {i}")
     if input_file is not None:
         rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
         for i, row in enumerate(rows):

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import SriError
-from ..models.adapter import ModelAdapter
+from ..io import check_text
+from ..models.adapter import ModelAdapter, render_chat_template
 
 
 @dataclass
@@ -64,19 +65,11 @@ class Defense(ABC):
 
 def chat_text(adapter: ModelAdapter, user: str, system: str | None) -> str:
     """``user`` under the model's chat template with its own ``system`` prompt and the generation prompt."""
-    tok = adapter.tokenizer
     if not adapter.uses_chat_template:
+        check_text(user, "a prompt")
         head = f"{system}\n\n" if system else ""
         return f"{head}User: {user}\nAssistant:"
-    messages = [{"role": "user", "content": user}]
-    if system:
-        messages.insert(0, {"role": "system", "content": system})
-    try:
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception:  # templates without a system turn
-        merged = f"{system}\n\n{user}" if system else user
-        return tok.apply_chat_template([{"role": "user", "content": merged}], tokenize=False,
-                                       add_generation_prompt=True)
+    return render_chat_template(adapter.tokenizer, user, system, adapter.name)
 
 
 def first_token_ids(adapter: ModelAdapter, words: Sequence[str]) -> list[int]:

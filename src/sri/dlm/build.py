@@ -95,7 +95,7 @@ def build_dlm(config: BuildConfig, out: Path, *, minutes: float | None = None, g
               stop_after: int | None = None) -> dict[str, Any]:
     """Build (or resume) the diffusion LM of ``config`` into ``out``; returns its ``sri_dlm.json`` record (with the
     gate record under ``gate`` when one ran). ``stop_after`` ends this call after that many steps (tests)."""
-    from ..models import load_diffusion_model
+    from ..models import check_model, load_diffusion_model
 
     if config.distill.teacher != config.teacher or config.distill.system_prompt != config.system_prompt:
         raise SriError("BuildConfig.distill must use the build's teacher and system prompt")
@@ -112,6 +112,11 @@ def build_dlm(config: BuildConfig, out: Path, *, minutes: float | None = None, g
                 record["gate"] = gate_model(out, config.base, gate, device=device, progress=progress, log=log)
             return record
 
+    # everything the user gave is checked before the work folder is written
+    own_pairs = load_pairs(config.pairs_file) if config.pairs_file is not None else None
+    check_model(config.base, system_prompt=config.system_prompt)
+    if own_pairs is None:
+        check_model(config.teacher, system_prompt=config.system_prompt)
     work = work_folder(out)
     recipe_file = work / "recipe.json"
     if recipe_file.is_file() and read_json(recipe_file) != _jsonable(config.recipe()):
@@ -120,7 +125,7 @@ def build_dlm(config: BuildConfig, out: Path, *, minutes: float | None = None, g
     write_json(recipe_file, config.recipe())
 
     t0 = time.perf_counter()
-    data = load_pairs(config.pairs_file) if config.pairs_file is not None else \
+    data = own_pairs if own_pairs is not None else \
         distill(config.distill, progress=progress, device=device, log=log)
     gc.collect()
     distill_s = time.perf_counter() - t0

@@ -101,13 +101,13 @@ def convert_to_diffusion(model: Any, tokenizer: Any, mask_token: str | None = No
 def load_ar_for_conversion(spec: str) -> tuple[Any, Any, str]:
     """The base AR model (fp32, CPU) and tokenizer of a short name / folder / Hub id, and its resolved source."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from ..models import resolve_model_source
+    from ..models import prepare_tokenizer, resolve_model_source
 
-    source, _ = resolve_model_source(spec)
+    source, is_local = resolve_model_source(spec)
+    tokenizer = prepare_tokenizer(spec, source, is_local)  # EOS/pad resolved, chat template checked
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except (OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]

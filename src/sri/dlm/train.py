@@ -76,6 +76,9 @@ def encode_pairs(adapter: DiffusionAdapter, pairs: list[dict[str, Any]], gen_len
     """Token ids of each ``{prompt, response}`` pair; a response that does not fit ``gen_length`` slots with its
     end-of-turn token is left out (its id is returned second)."""
     tok = adapter.tokenizer
+    if tok.eos_token_id is None and not adapter.eos_token_ids:
+        raise SriError(f"'{adapter.name}' has no end-of-sequence token to end its training responses with; set "
+                       "eos_token in its tokenizer_config.json")
     end = tok.eos_token_id if tok.eos_token_id is not None else adapter.eos_token_ids[0]
     special = not adapter.uses_chat_template
     examples, too_long = [], []

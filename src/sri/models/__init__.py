@@ -10,7 +10,15 @@ import torch
 
 from ..assets import MODELS, model_asset, models_dir
 from ..errors import SriError
-from .adapter import DEFAULT_SYSTEM_PROMPT, Family, ModelAdapter, folder_fingerprint
+from ..io import check_text
+from .adapter import (
+    DEFAULT_SYSTEM_PROMPT,
+    Family,
+    ModelAdapter,
+    folder_fingerprint,
+    render_chat_template,
+    resolve_special_tokens,
+)
 from .causal import CAUSAL_FAMILIES, detect_family
 from .dream import DREAM
 from .llada import LLADA
@@ -25,7 +33,8 @@ from .masked import (
 )
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "DIFFUSION_FAMILIES", "DiffusionAdapter", "DiffusionFamily", "Family",
-           "ModelAdapter", "load_diffusion_model", "load_model", "resolve_model_source"]
+           "ModelAdapter", "check_model", "load_diffusion_model", "load_model",
+           "prepare_tokenizer", "resolve_model_source"]
 
 #: masked-diffusion families by name; ``--family`` picks one, otherwise the model's config decides
 DIFFUSION_FAMILIES: dict[str, DiffusionFamily] = {f.name: f for f in (LLADA, DREAM, GENERIC)}
@@ -91,24 +100,18 @@ def load_model(
     an offline model's upstream end-of-turn tokens, and ``stop_tokens`` (token strings or ids; ``--stop-token``).
     Raises :class:`SriError` for an unknown model or a stop token that is not one token of the vocabulary.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source, is_local = resolve_model_source(spec)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
+    tokenizer = prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype,
                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        where = "folder" if is_local else "Hugging Face Hub id"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SriError(f"could not load {where} '{spec}' ({first[:160]}); check the id/path and, for Hub ids, "
-                       "the network — offline, use a short name from `sri assets list`") from None
+        raise _load_error(spec, is_local, e) from None
     model.to(dev).eval()
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     family = detect_family(model, CAUSAL_FAMILIES)
     if family is None:
         raise SriError(f"'{spec}' ({type(model).__name__}) has no known layer layout; add a Family for it "
@@ -171,8 +174,6 @@ def load_diffusion_model(
     made bidirectional. A response ends at the first of ``adapter.stop_token_ids`` (EOS ids, the family's
     end-of-turn tokens, ``stop_tokens``).
     """
-    from transformers import AutoTokenizer
-
     if family is not None and family not in DIFFUSION_FAMILIES:
         raise SriError(f"family '{family}' is unknown; use one of {', '.join(DIFFUSION_FAMILIES)}")
     source, is_local = resolve_model_source(spec)
@@ -181,16 +182,13 @@ def load_diffusion_model(
     config = _load_config(spec, source, is_local, trust_remote_code)
     conventions = _pick_family(config, family)
     auto_class = _auto_class(spec, config)
+    tokenizer = prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code, config=config)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = auto_class.from_pretrained(source, config=config, dtype=torch_dtype,
                                            trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise _load_error(spec, is_local, e) from None
     model.to(dev).eval()
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if model.get_output_embeddings() is None:
         raise SriError(f"'{spec}' loads as {type(model).__name__}, which returns no logits; point --model at a "
                        "checkpoint with a language-model head")
@@ -228,6 +226,44 @@ def load_diffusion_model(
                                         stop_tokens),
         forward_kwargs={"use_cache": False} if accepts_argument(model, "use_cache") else {},
     )
+
+
+def prepare_tokenizer(spec: str, source: str, is_local: bool, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                      trust_remote_code: bool = False, *, config=None):
+    """Load the tokenizer of a model and check what generation needs from it — before any weights load, so a
+    broken model fails in one line with nothing written: an EOS token (from generation_config.json or
+    config.json when the tokenizer has none), a pad token (EOS when there is none) and a chat template that
+    renders a conversation."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error(spec, is_local, e) from None
+    if config is None:
+        try:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError):
+            config = None  # loading the weights reports it
+    try:
+        generation = GenerationConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        generation = None  # no generation_config.json
+    tokenizer.padding_side = "left"
+    if system_prompt:
+        check_text(system_prompt, "the system prompt")
+    resolve_special_tokens(tokenizer, config, generation, spec)
+    if getattr(tokenizer, "chat_template", None):
+        render_chat_template(tokenizer, "Hello", system_prompt, spec)
+    return tokenizer
+
+
+def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                trust_remote_code: bool = False) -> None:
+    """Fail now, in one line, if ``spec`` cannot be resolved or its tokenizer cannot serve generation (see
+    :func:`prepare_tokenizer`); loads no weights. For commands that write before they load the model."""
+    source, is_local = resolve_model_source(spec)
+    prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code)
 
 
 def _load_config(spec: str, source: str, is_local: bool, trust_remote_code: bool):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import SriError
+from ..io import check_text
 
 #: The system prompt of the paper's protocol (PAPER.md, "Definitions").
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
@@ -117,17 +118,9 @@ class ModelAdapter:
 
         Models without a chat template get a plain ``System/User/Assistant`` layout.
         """
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}]
-            if self.system_prompt:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
-            try:
-                return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            except Exception:  # templates that reject a system turn (e.g. Gemma): fold it into the user turn
-                merged = f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
-                return tok.apply_chat_template([{"role": "user", "content": merged}], tokenize=False,
-                                               add_generation_prompt=True)
+        check_text(prompt, "a prompt")
+        if self.uses_chat_template:
+            return render_chat_template(self.tokenizer, prompt, self.system_prompt, self.name)
         head = f"{self.system_prompt}\n\n" if self.system_prompt else ""
         return f"{head}User: {prompt}\nAssistant:"
 
@@ -176,6 +169,63 @@ class ModelAdapter:
         return {**self.key(), "kind": self.family.kind, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "system_prompt": self.system_prompt,
                 "chat_template": self.uses_chat_template, **self.extra}
+
+
+def render_chat_template(tokenizer: Any, user: str, system: str | None, model: str) -> str:
+    """One user turn (after ``system``, if any) under the tokenizer's chat template, with the generation prompt.
+
+    A template that rejects a system turn (e.g. Gemma's) gets the system prompt folded into the user turn; a
+    template that fails either way is a one-line error naming the model.
+    """
+    check_text(user, "a prompt")
+    if system:
+        check_text(system, "the system prompt")
+    messages = [{"role": "user", "content": user}]
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as first:  # templates that reject a system turn: fold it into the user turn
+        if not system:
+            raise _template_error(model, first) from None
+        merged = f"{system}\n\n{user}"
+        try:
+            return tokenizer.apply_chat_template([{"role": "user", "content": merged}], tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception as e:
+            raise _template_error(model, e) from None
+
+
+def _template_error(model: str, e: Exception) -> SriError:
+    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return SriError(f"the chat template of '{model}' fails to render a conversation ({type(e).__name__}: {first}); "
+                    "fix chat_template in its tokenizer_config.json (or chat_template.jinja), or try "
+                    "--system-prompt '' if it rejects system turns")
+
+
+def resolve_special_tokens(tokenizer: Any, model_config: Any, generation_config: Any, model: str) -> None:
+    """Give ``tokenizer`` an EOS and a pad token, or fail in one line.
+
+    EOS: the tokenizer's own, else the first ``eos_token_id`` of generation_config.json, else of config.json.
+    Pad: the tokenizer's own, else EOS (padding is masked out, so any id serves). Neither is a one-line error (a
+    pad token without EOS is allowed: generation then runs every step). Called at load time, before anything is
+    generated or written.
+    """
+    if tokenizer.eos_token_id is None:
+        for source in (generation_config, model_config):
+            ids = getattr(source, "eos_token_id", None)
+            ids = [ids] if isinstance(ids, int) else list(ids or [])
+            token = next((tokenizer.convert_ids_to_tokens(int(i)) for i in ids
+                          if 0 <= int(i) < len(tokenizer)), None)
+            if token is not None:
+                tokenizer.eos_token = token
+                break
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is None:  # hence no EOS either
+        raise SriError(f"'{model}' declares no end-of-sequence token (none in its tokenizer, generation_config.json "
+                       "or config.json) and no pad token, so generation cannot stop and batches cannot be padded; "
+                       "set eos_token in its tokenizer_config.json (or eos_token_id in generation_config.json)")
 
 
 def folder_fingerprint(folder: Path) -> str:
