@@ -39,10 +39,11 @@ def trace_key(adapter: ModelAdapter, sampler: Any, layers: list[int], pooling: s
       and the model's EOS ids decide where a response ends, hence what is pooled after it), unless
       ``ignore_eos``.
 
-    Deliberately left out: batch size and device (results are batch- and device-invariant up to float noise —
-    see the conformance tests), ``num_blocks``/``steps_per_block`` (derived from the fields above),
-    ``max_prompt_tokens`` (a check, not a setting), a streaming guard (recorded in the settings; the rows it
-    stopped say so in ``ended_by``), ``layers`` (each consumer checks it needs the layers it reads)."""
+    Deliberately left out: batch size (batched and one-at-a-time traces agree up to float noise, see
+    ``tests/test_ar_tracer.py``), device (the same computation, float noise apart), ``num_blocks`` /
+    ``steps_per_block`` (derived from the fields above), ``max_prompt_tokens`` (a check, not a setting), a
+    streaming guard (recorded in the settings; the rows it stopped say so in ``ended_by``). ``layers`` is
+    recorded but not compared: each consumer checks that the layers it reads are there."""
     from .sampling import resolve_sampler
 
     if sampler.kind == "diffusion" and adapter.family.kind == "masked-diffusion":
