@@ -141,3 +141,9 @@ def test_batch_size_is_not_in_the_key(tiny_llama, tmp_path: Path) -> None:
     _, states = b.load()
     compute_signals(_anchors_from(a), b)
     assert torch.isfinite(states[a.layers[0]]).all()
+
+
+def test_unreadable_keys_are_one_line_errors() -> None:
+    for bad in ([], None, "key"):
+        with pytest.raises(IncompatibleError, match="no readable compatibility key"):
+            check_compatible(bad, {"fingerprint": "f"}, "anchors", "traces")  # type: ignore[arg-type]

@@ -38,11 +38,15 @@ def check_compatible(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: 
 
     A field that only one of them records (an artefact made before the field joined the key) is refused with a
     message saying so; a dict-valued field (``decoding``) is reported by its first differing entry."""
+    for key, name in ((a, a_name), (b, b_name)):
+        if not isinstance(key, dict):
+            raise IncompatibleError(f"{name} carries no readable compatibility key (got {type(key).__name__}); "
+                                    "recompute it with `sri trace` and what follows it")
     for f in fields:
         if (f in a) != (f in b):
             old, new = (a_name, b_name) if f not in a else (b_name, a_name)
             raise IncompatibleError(
-                f"{old} records no {f} in its compatibility key (made by an older sri) but {new} does; "
+                f"{old} records no {f} in its compatibility key (made by an older sri, or edited) but {new} does; "
                 f"recompute {old} with this version (`sri trace`, then anchors/signals/guard again)")
         va, vb = a.get(f), b.get(f)
         if va == vb:
