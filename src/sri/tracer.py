@@ -19,12 +19,55 @@ DEFAULT_MAX_PROMPT_TOKENS = 4096
 
 
 def trace_key(adapter: ModelAdapter, sampler: Any, layers: list[int], pooling: str) -> dict[str, Any]:
-    """The compatibility key every artefact derived from these traces carries (``after_end``: the pooling's
-    rule after a sequence ends, see :mod:`sri.pooling`)."""
+    """The compatibility key every artefact derived from these traces carries.
+
+    :data:`sri.trace.KEY_FIELDS` are the fields that must agree before states are combined; each is there
+    because it changes the states or the tokens:
+
+    - ``fingerprint``, ``hidden_size`` — the weights (``model`` and ``num_layers`` are recorded for reading).
+    - ``sampler``, ``steps`` — what one step is, and how many there are.
+    - ``pooling``, ``after_end`` — how per-step states are pooled, and the rule after a sequence ends
+      (see :mod:`sri.pooling`).
+    - ``system_prompt`` — part of every rendered prompt, so it moves every state.
+    - ``dtype`` — fp32, bf16 and fp16 forward passes give different states (and, at near-ties, other tokens).
+    - ``decoding`` — the sampler settings that change which tokens are produced. AR: ``temperature`` and
+      ``ignore_eos``; ``top_k``, ``top_p`` and ``seed`` only when ``temperature`` > 0 (greedy decoding ignores
+      them). Diffusion: ``schedule``, ``gen_length``, ``block_length``, ``remasking``, ``temperature``,
+      ``cfg_scale``, the mask id and logit shift; ``top_k``, ``top_p``, ``eps``, ``alg_temp`` under the
+      dream-native schedule only (the llada one ignores them); ``seed`` only when something is drawn
+      (temperature > 0, ``random``/``origin`` remasking, ``alg_temp`` > 0). Both: the stop ids (``--stop-token``
+      and the model's EOS ids decide where a response ends, hence what is pooled after it), unless
+      ``ignore_eos``.
+
+    Deliberately left out: batch size (batched and one-at-a-time traces agree up to float noise, see
+    ``tests/test_ar_tracer.py``), device (the same computation, float noise apart), ``num_blocks`` /
+    ``steps_per_block`` (derived from the fields above), ``max_prompt_tokens`` (a check, not a setting), a
+    streaming guard (recorded in the settings; the rows it stopped say so in ``ended_by``). ``layers`` is
+    recorded but not compared: each consumer checks that the layers it reads are there."""
+    from .sampling import resolve_sampler
+
+    if sampler.kind == "diffusion" and adapter.family.kind == "masked-diffusion":
+        sampler = resolve_sampler(sampler, adapter)  # the schedule that runs, whether or not it was given
+    if sampler.kind == "ar":
+        decoding: dict[str, Any] = {"temperature": float(sampler.temperature), "ignore_eos": bool(sampler.ignore_eos)}
+        if sampler.temperature > 0:
+            decoding.update(top_k=sampler.top_k, top_p=float(sampler.top_p), seed=sampler.seed)
+    else:
+        decoding = {k: getattr(sampler, k) for k in ("schedule", "gen_length", "block_length", "remasking")}
+        decoding.update(temperature=float(sampler.temperature), cfg_scale=float(sampler.cfg_scale),
+                        mask_token_id=adapter.family.mask_token_id, logit_shift=adapter.family.logit_shift)
+        dream = sampler.schedule == "dream-native"
+        if dream:
+            decoding.update(top_k=sampler.top_k, top_p=sampler.top_p, eps=sampler.eps, alg_temp=sampler.alg_temp)
+        if sampler.temperature > 0 or sampler.remasking in ("random", "origin") or (dream and sampler.alg_temp > 0):
+            decoding["seed"] = sampler.seed
+    if not getattr(sampler, "ignore_eos", False):
+        decoding["stop_token_ids"] = [int(i) for i in adapter.stop_token_ids]
     m = adapter.key()
     return {"model": m["model"], "fingerprint": m["fingerprint"], "hidden_size": m["hidden_size"],
             "num_layers": m["num_layers"], "sampler": sampler.name, "steps": sampler.steps, "pooling": pooling,
-            "after_end": POOLINGS[pooling].after_end, "layers": layers}
+            "after_end": POOLINGS[pooling].after_end, "layers": layers, "system_prompt": adapter.system_prompt,
+            "dtype": str(adapter.dtype).removeprefix("torch."), "decoding": decoding}
 
 
 def trace_prompts(

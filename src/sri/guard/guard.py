@@ -32,7 +32,7 @@ from .. import __version__
 from ..errors import IncompatibleError, SriError
 from ..io import atomic_path, read_json, write_json
 from ..signal import Anchors
-from ..trace import KEY_FIELDS
+from ..trace import KEY_FIELDS, check_compatible
 from .detectors import Detector, make_detector
 
 GUARD_FORMAT = "sri-guard/1"
@@ -86,13 +86,9 @@ class Guard:
 
     # ------------------------------------------------------------------------------------------ checks
     def check_key(self, key: dict[str, Any], what: str = "signals") -> None:
-        """One-line :class:`IncompatibleError` if ``key`` differs from the guard's in model, sampler, steps,
-        pooling, hidden size or layer."""
-        for f in SIGNAL_KEY_FIELDS:
-            if key.get(f) != self.key.get(f):
-                raise IncompatibleError(
-                    f"{what} and the guard differ in {f} ({key.get(f)!r} vs guard {self.key.get(f)!r}); fit a guard "
-                    "on signals of the same model, layer, pooling, steps and sampler")
+        """One-line :class:`IncompatibleError` if ``key`` differs from the guard's in a key field
+        (:data:`sri.trace.KEY_FIELDS`) or the layer."""
+        check_compatible(key, self.key, what, "the guard", SIGNAL_KEY_FIELDS)
 
     # ------------------------------------------------------------------------------------------ offline use
     def score(self, signals: np.ndarray) -> np.ndarray:
@@ -234,10 +230,7 @@ def fit_guard(
     check_benign(calibrate, "calibration signals")
     x, key = signal_matrix(benign, "benign signals")
     c, c_key = signal_matrix(calibrate, "calibration signals")
-    for f in SIGNAL_KEY_FIELDS:
-        if key.get(f) != c_key.get(f):
-            raise IncompatibleError(f"benign and calibration signals differ in {f} ({key.get(f)!r} vs "
-                                    f"{c_key.get(f)!r}); compute both with the same anchors and traces settings")
+    check_compatible(key, c_key, "benign signals", "calibration signals", SIGNAL_KEY_FIELDS)
     if x.shape[1] != c.shape[1]:
         raise IncompatibleError(f"benign signals have {x.shape[1]} steps, calibration {c.shape[1]}; use one T")
     ids_fit = {r.get("id") for r in benign}
@@ -315,10 +308,7 @@ def _first(scores: dict[int, np.ndarray], thresholds: dict[int, float]) -> np.nd
 
 
 def _anchors_for(anchors: Anchors, key: dict[str, Any]) -> StepAnchors:
-    for f in KEY_FIELDS:
-        if anchors.key.get(f) != key.get(f):
-            raise IncompatibleError(f"anchors and signals differ in {f} ({anchors.key.get(f)!r} vs {key.get(f)!r}); "
-                                    "give the anchors the signals were computed with")
+    check_compatible(anchors.key, key, "anchors", "signals", KEY_FIELDS)
     layer = key.get("layer")
     if layer not in anchors.harmless:
         raise IncompatibleError(f"anchors have no layer {layer} (they have {anchors.layers}); give the anchors the "

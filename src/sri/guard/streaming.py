@@ -200,14 +200,12 @@ class GuardObserver(StepObserver):
         self.signals = torch.zeros(0)
 
     def check_compatible(self, adapter: ModelAdapter, sampler: Any, pooling: str, layers: list[int]) -> None:
-        """One-line errors unless the run matches the guard's key (model, sampler, steps, pooling, layer)."""
-        key = self.guard.key
-        run = {"fingerprint": adapter.fingerprint, "hidden_size": adapter.hidden_size, "sampler": sampler.name,
-               "steps": sampler.steps, "pooling": pooling}
-        for f, v in run.items():
-            if key.get(f) != v:
-                raise IncompatibleError(f"the guard was fitted with {f} {key.get(f)!r} but this run uses {v!r}; "
-                                        "run with the guard's settings or fit a guard for these")
+        """One-line errors unless the run matches the guard's key (:data:`sri.trace.KEY_FIELDS`) and captures its
+        layer."""
+        from ..trace import check_compatible
+        from ..tracer import trace_key
+
+        check_compatible(trace_key(adapter, sampler, layers, pooling), self.guard.key, "this run", "the guard")
         if self.layer not in layers:
             raise IncompatibleError(f"the guard reads layer {self.layer} but the run captures {layers}; "
                                     f"add it, e.g. --layers {','.join(map(str, [*layers, self.layer]))}")

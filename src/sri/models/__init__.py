@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..assets import MODELS, model_asset, models_dir
+from ..assets import MODELS, check_model_folder, model_asset, models_dir
 from ..errors import SriError
 from ..io import check_text
 from .adapter import (
@@ -46,24 +46,60 @@ _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat
 
 def resolve_model_source(spec: str) -> tuple[str, bool]:
     """``(path or hub id, is_local)`` for an offline short name, the name of a model built into
-    ``$SRI_HOME/models`` (``sri dlm build``), a folder or a Hub id; one-line errors otherwise."""
+    ``$SRI_HOME/models`` (``sri dlm build``), a folder or a Hub id; one-line errors otherwise.
+
+    Local folders are checked before anything loads: a converted offline model must match its manifest
+    (presence and size of every file, :func:`sri.assets.check_model_folder`), and the weights must be
+    safetensors (:func:`check_safetensors`)."""
     if spec in MODELS:
         asset = model_asset(spec)
         if not asset.is_fetched():
             raise SriError(f"model '{spec}' is not fetched; run `sri assets fetch --model {spec}`")
-        return str(asset.path), True
+        return _checked(asset.path), True
     built = models_dir() / spec
     if "/" not in spec and spec not in (".", "..") and (built / "config.json").is_file():
-        return str(built), True  # a model built into the cache, e.g. by `sri dlm build`
+        return _checked(built), True  # a model built into the cache, e.g. by `sri dlm build`
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SriError(f"{path} has no config.json; point --model at a Hugging Face model folder")
-        return str(path), True
+        return _checked(path), True
     if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
         return spec, False
     raise SriError(f"model '{spec}' is unknown; use an offline short name ({', '.join(MODELS)}), "
                    "a local Hugging Face folder or a Hub id such as Qwen/Qwen2.5-7B-Instruct")
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_safetensors(folder: Path) -> None:
+    """A one-line :class:`SriError` if ``folder`` holds pickled weights (``pytorch_model.bin`` …) but no
+    safetensors: sri loads safetensors only and never unpickles a checkpoint (a pickle can run code)."""
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file():
+        return
+    pickled = sorted(f.name for f in folder.iterdir() if f.is_file() and f.suffix in _PICKLE_SUFFIXES)
+    if pickled:
+        raise SriError(f"{folder} holds only pickled weights ({', '.join(pickled[:3])}); sri loads safetensors only "
+                       "and never unpickles a checkpoint — in a trusted environment load it with transformers and "
+                       "save it with model.save_pretrained(DIR, safe_serialization=True), then use DIR")
+
+
+def _checked(folder: Path) -> str:
+    check_model_folder(folder)
+    check_safetensors(folder)
+    return str(folder)
+
+
+def _safetensors_only(spec: str, e: Exception) -> SriError | None:
+    """The pickle refusal for a Hub load that failed because the repository has no safetensors (local folders
+    are checked before loading, :func:`check_safetensors`)."""
+    text = str(e)
+    if "safetensors" not in text or not ("does not appear to have" in text or "no file named" in text):
+        return None
+    return SriError(f"'{spec}' has no safetensors weights; sri loads safetensors only and never unpickles a "
+                    "checkpoint — in a trusted environment load it with transformers and save it with "
+                    "model.save_pretrained(DIR, safe_serialization=True), then use DIR")
 
 
 def pick_device(device: str) -> torch.device:
@@ -107,9 +143,11 @@ def load_model(
     torch_dtype = pick_dtype(dtype, dev)
     tokenizer = prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype,
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
+        if not is_local and (refusal := _safetensors_only(spec, e)) is not None:
+            raise refusal from None
         raise _load_error(spec, is_local, e) from None
     model.to(dev).eval()
     family = detect_family(model, CAUSAL_FAMILIES)
@@ -184,10 +222,10 @@ def load_diffusion_model(
     auto_class = _auto_class(spec, config)
     tokenizer = prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code, config=config)
     try:
-        model = auto_class.from_pretrained(source, config=config, dtype=torch_dtype,
+        model = auto_class.from_pretrained(source, config=config, dtype=torch_dtype, use_safetensors=True,
                                            trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise _load_error(spec, is_local, e) from None
+        raise ((not is_local and _safetensors_only(spec, e)) or _load_error(spec, is_local, e)) from None
     model.to(dev).eval()
     if model.get_output_embeddings() is None:
         raise SriError(f"'{spec}' loads as {type(model).__name__}, which returns no logits; point --model at a "

@@ -231,12 +231,16 @@ def resolve_special_tokens(tokenizer: Any, model_config: Any, generation_config:
 def folder_fingerprint(folder: Path) -> str:
     """Identity of a local model folder without hashing gigabytes.
 
-    Offline assets carry the sha256 of their source GGUF; other folders are fingerprinted by their config and the
-    name, size and first MiB of every weight file.
+    An offline asset (``sri_asset.json``) is ``gguf-sha256:<source GGUF>+manifest:<digest>``: the GGUF it was
+    converted from and the content its manifest records (sha256 and size of every file; see
+    :func:`sri.assets.manifest_digest`). The loaders check the folder against that manifest first, so different
+    bytes either fail the check or — with a rewritten manifest — give another fingerprint; they never pass as
+    the model the manifest was written for. An asset folder without a readable manifest (an older sri) gets
+    ``…+unverified:<folder hash>`` instead, which matches no verified one.
+
+    Other folders: ``folder-sha256:`` over config.json, the small tokenizer/template files (they shape the
+    rendered prompt) and the name, size and first MiB of every weight file.
     """
-    asset = folder / "sri_asset.json"
-    if asset.is_file():
-        return "gguf-sha256:" + json.loads(asset.read_text())["gguf_sha256"]
     h = hashlib.sha256()
     config = folder / "config.json"
     if config.is_file():
@@ -247,4 +251,21 @@ def folder_fingerprint(folder: Path) -> str:
             h.update(str(f.stat().st_size).encode())
             with f.open("rb") as fh:
                 h.update(fh.read(1 << 20))
-    return "folder-sha256:" + h.hexdigest()[:32]
+        elif f.is_file() and f.name.startswith(("tokenizer", "chat_template", "special_tokens")) \
+                and f.stat().st_size < 64 << 20:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    plain = h.hexdigest()[:32]
+    asset = folder / "sri_asset.json"
+    if asset.is_file():
+        from ..assets import manifest_digest, read_manifest
+
+        gguf = json.loads(asset.read_text(encoding="utf-8"))["gguf_sha256"]
+        try:
+            manifest = read_manifest(folder)
+        except SriError:
+            manifest = None
+        if manifest is None:
+            return f"gguf-sha256:{gguf}+unverified:{plain}"
+        return f"gguf-sha256:{gguf}+manifest:{manifest_digest(manifest)[:32]}"
+    return "folder-sha256:" + plain
