@@ -174,11 +174,19 @@ def release_folder_lock(key: str) -> None:
 
 @contextmanager
 def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold the writer lock of ``folder`` for the block (see :func:`acquire_folder_lock`)."""
+    """Hold the writer lock of ``folder`` for the block (see :func:`acquire_folder_lock`). A folder the block
+    created and left empty (a run that failed before writing anything) is removed again."""
+    folder = Path(folder)
+    existed = folder.exists()
     key = acquire_folder_lock(folder)
     try:
         yield
     finally:
+        sole = getattr(_LOCKS.get(key), "count", 0) == 1
+        if sole and not existed and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            with suppress(OSError):
+                (folder / LOCK_NAME).unlink()
+                folder.rmdir()
         release_folder_lock(key)
 
 
