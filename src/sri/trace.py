@@ -131,7 +131,23 @@ class TraceStore:
         run = folder / "run.json"
         if not run.is_file():
             raise SriError(f"{folder} is not a trace folder (no run.json); create one with `sri trace`")
-        return cls(folder, _read_run(run))
+        store = cls(folder, _read_run(run))
+        store._check_first_key()
+        return store
+
+    def _check_first_key(self) -> None:
+        """An edited ``run.json`` shows at once: its key must be the one the first shard was traced with (the
+        other shards are checked as they are read)."""
+        shards = self._complete_shards()
+        tensor_file = shards[0].with_suffix(".safetensors") if shards else None
+        if tensor_file is None or not tensor_file.is_file():
+            return
+        try:
+            with safe_open(str(tensor_file), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception:  # a damaged shard is named when it is read
+            return
+        self._check_key(shards[0], meta)
 
     def close(self) -> None:
         """Release the writer lock (a no-op for stores opened for reading)."""
@@ -214,6 +230,22 @@ class TraceStore:
                               if f"layer.{layer}" in names}
         except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
             raise self._damaged(rows_file, f"unreadable, truncated or corrupt: {e}") from None
+        self._check_key(rows_file, meta)
+        if meta.get("rows") != str(len(rows)):
+            raise self._damaged(rows_file, f"{rows_file.name} has {len(rows)} rows, the tensor file "
+                                           f"{meta.get('rows', '?')}")
+        for layer in self.layers:
+            shape = shapes.get(f"layer.{layer}")
+            want = (len(rows), self.steps, int(self.key["hidden_size"]))
+            if shape is None:
+                raise self._damaged(rows_file, f"no states for layer {layer}")
+            if shape != want:
+                raise self._damaged(rows_file, f"layer {layer} states have shape {list(shape)}, expected "
+                                               f"{list(want)}")
+        return rows, loaded
+
+    def _check_key(self, rows_file: Path, meta: dict[str, str]) -> None:
+        tensor_file = rows_file.with_suffix(".safetensors")
         if "key" not in meta:
             raise IncompatibleError(
                 f"{self._shard_name(rows_file)} carries no run key (written by an older sri); trace again into a "
@@ -228,18 +260,6 @@ class TraceStore:
                 f"{self.folder / 'run.json'} field key.{diff.split(':')[0]} does not match the key its shards were "
                 f"traced with ({diff}, run.json vs {tensor_file.name}); run.json was edited — restore it, or "
                 "trace again into a new folder")
-        if meta.get("rows") != str(len(rows)):
-            raise self._damaged(rows_file, f"{rows_file.name} has {len(rows)} rows, the tensor file "
-                                           f"{meta.get('rows', '?')}")
-        for layer in self.layers:
-            shape = shapes.get(f"layer.{layer}")
-            want = (len(rows), self.steps, int(self.key["hidden_size"]))
-            if shape is None:
-                raise self._damaged(rows_file, f"no states for layer {layer}")
-            if shape != want:
-                raise self._damaged(rows_file, f"layer {layer} states have shape {list(shape)}, expected "
-                                               f"{list(want)}")
-        return rows, loaded
 
     def check(self) -> list[tuple[Path, str]]:
         """Every damaged shard with the reason (an empty list for a whole folder). Key mismatches raise."""
