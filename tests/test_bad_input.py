@@ -131,3 +131,15 @@ def test_bad_signal_file_for_plot(tmp_path, capsys) -> None:
     f.write_text(json.dumps({"id": "x", "label": "harmless"}) + "\n")
     _fails_cleanly(["plot", "--signals", str(f), "--out", str(tmp_path / "f.png")], capsys, "lacks 'sri'",
                    tmp_path / "f.png")
+
+
+def test_unusable_output_paths_and_non_finite_settings(tiny_llama_dir, prompt_file, tmp_path, capsys) -> None:
+    """Issue 11, kinds 2 and 5 (the full set per command is in test_run_folders.py)."""
+    f = prompt_file(['{"prompt": "hi"}'])
+    base = ["trace", "--model", str(tiny_llama_dir), "--prompts", str(f)]
+    _fails_cleanly([*base, "--out", str(f)], capsys, f"--out {f} is a file, but a folder is expected")
+    _fails_cleanly([*base, "--out", str(f / "o")], capsys, f"{f} is a file, not a folder", f / "o")
+    _fails_cleanly([*base, "--out", str(tmp_path / "o"), "--temperature", "nan"], capsys,
+                   "temperature must be a finite number", tmp_path / "o")
+    _fails_cleanly(["judge", "--input", str(f), "--field", "prompt", "--out", str(tmp_path)], capsys,
+                   f"--out {tmp_path} is a folder, but a file is expected")

@@ -283,6 +283,21 @@ def test_second_writer_is_refused_and_a_dead_writers_lock_is_not_stale(tiny_llam
     assert len(TraceStore.open(out)) == 1
 
 
+def test_appending_through_a_store_opened_for_reading_takes_the_lock(tiny_llama, tmp_path) -> None:
+    _traces(tiny_llama, tmp_path / "t", ["a", "b"])
+    rows, states = TraceStore.open(tmp_path / "t").load()
+    other = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "t" / ".lock")],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(SriError, match=f"being written by another sri process \\(pid {other.pid}\\)"):
+            TraceStore.open(tmp_path / "t").append([{**r, "id": r["id"] + "2"} for r in rows], states)
+    finally:
+        other.kill()
+        other.wait()
+    assert len(TraceStore.open(tmp_path / "t")) == 2
+
+
 def test_two_stores_in_one_process_share_the_lock_but_not_across_processes(tiny_llama, tmp_path) -> None:
     first = _traces(tiny_llama, tmp_path / "t", ["a", "b"])
     store = TraceStore.create(tmp_path / "t", {k: first.meta[k] for k in ("key", "settings")})

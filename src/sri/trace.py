@@ -76,7 +76,7 @@ class TraceStore:
     def __init__(self, folder: Path, meta: dict[str, Any]) -> None:
         self.folder = folder
         self.meta = meta
-        self._unlock: Callable[[], Any] | None = None
+        self._unlock: weakref.finalize | None = None
         #: shards deleted as damaged when this store was opened for writing (their prompts are traced again)
         self.repaired: list[str] = []
 
@@ -102,9 +102,17 @@ class TraceStore:
         store._unlock = weakref.finalize(store, release_folder_lock, lock)
         return store
 
+    def _hold_lock(self) -> None:
+        """Take the folder's writer lock for this store (until :meth:`close`) unless it holds it already."""
+        if self._unlock is None or not self._unlock.alive:
+            lock = acquire_folder_lock(self.folder)
+            self._unlock = weakref.finalize(self, release_folder_lock, lock)
+
     @classmethod
     def _create_locked(cls, folder: Path, run: Path, meta: dict[str, Any],
                        log: Callable[[str], None] | None) -> TraceStore:
+        for stale in (*folder.glob(".*.tmp"), *folder.glob("shards/.*.tmp")):  # left by a killed writer
+            stale.unlink(missing_ok=True)
         if run.is_file():
             old = _read_run(run)
             for section in ("key", "settings"):
@@ -185,6 +193,7 @@ class TraceStore:
         file's metadata carries the run key and the row count, so every later read can check the shard."""
         if not rows:
             raise ValueError("empty shard")
+        self._hold_lock()  # any writer, whichever way it opened the store, is the folder's only writer
         for layer in self.layers:
             if states[layer].shape[0] != len(rows):
                 raise ValueError(f"layer {layer}: {states[layer].shape[0]} state rows for {len(rows)} rows")
@@ -322,7 +331,8 @@ def _has_foreign_files(folder: Path) -> bool:
     if not folder.is_dir():
         return False
     for p in folder.iterdir():
-        if p.name == LOCK_NAME or (p.name == "shards" and p.is_dir() and not any(p.iterdir())):
+        if p.name == LOCK_NAME or (p.name.startswith(".") and p.name.endswith(".tmp")) or (
+                p.name == "shards" and p.is_dir() and not any(p.iterdir())):
             continue
         return True
     return False
