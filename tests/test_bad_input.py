@@ -265,3 +265,13 @@ def _run_and_eval_fail(model: str, tmp_path: Path, capsys, message: str) -> None
     path.write_text(yaml.safe_dump({"model": model, "device": "cpu", "dtype": "fp32", "n_anchor": 1, "n_fit": 1,
                                     "n_calibrate": 1, "n_harmless": 1, "n_overrefusal": 1, "n_behaviours": 1}))
     _fails_cleanly(["eval", "--config", str(path), "--out", str(tmp_path / "ev")], capsys, message, tmp_path / "ev")
+def test_unusable_output_paths_and_non_finite_settings(tiny_llama_dir, prompt_file, tmp_path, capsys) -> None:
+    """Issue 11, kinds 2 and 5 (the full set per command is in test_run_folders.py)."""
+    f = prompt_file(['{"prompt": "hi"}'])
+    base = ["trace", "--model", str(tiny_llama_dir), "--prompts", str(f)]
+    _fails_cleanly([*base, "--out", str(f)], capsys, f"--out {f} is a file, but a folder is expected")
+    _fails_cleanly([*base, "--out", str(f / "o")], capsys, f"{f} is a file, not a folder", f / "o")
+    _fails_cleanly([*base, "--out", str(tmp_path / "o"), "--temperature", "nan"], capsys,
+                   "temperature must be a finite number", tmp_path / "o")
+    _fails_cleanly(["judge", "--input", str(f), "--field", "prompt", "--out", str(tmp_path)], capsys,
+                   f"--out {tmp_path} is a folder, but a file is expected")

@@ -27,6 +27,7 @@ one seeded shuffle, and the texts are checked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import gc
@@ -49,13 +50,22 @@ from .analysis import LAMBDA_C, LAMBDA_R, analyze_run, step_verdicts
 from .attacks import AttackContext, get_attack, run_attack
 from .data import PromptRecord, load_prompts
 from .errors import SriError
-from .io import lone_surrogate, read_json, read_jsonl, read_text, write_json, write_jsonl, write_text_atomic
+from .io import (
+    LOCK_NAME,
+    check_output_dir,
+    folder_lock,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_text_atomic,
+)
 from .judges import normalise
 from .llm_judge import QUESTION, LLMJudge, default_judge_model
 from .models import DEFAULT_SYSTEM_PROMPT
 from .report.html import build_report
 from .signal import Anchors, compute_signals, fit_anchors
-from .trace import TraceStore
+from .trace import DamagedShardError, TraceStore
 
 EVAL_SETS = ("harmless", "harmful")
 #: sampler kind → name of its config class in :mod:`sri.sampling`
@@ -231,17 +241,13 @@ def load_config(path: str | Path) -> tuple[ExperimentConfig, str]:
     path = Path(path)
     if not path.is_file():
         raise SriError(f"config file {path} does not exist; see configs/ for examples")
-    text = read_text(path)
+    text = path.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise SriError(f"{path} is not valid YAML{where}; fix the syntax") from None
-    found = lone_surrogate(data)
-    if found is not None:
-        raise SriError(f"{path}: {found[0] or 'the text'} holds a lone surrogate ({found[1]}), which is not valid "
-                       "Unicode text; remove it or give the full character")
     return parse_config(data), text
 
 
@@ -394,8 +400,9 @@ class _Run:
         folder = self.dir / "traces" / name
         if (folder / "run.json").is_file():
             store = TraceStore.open(folder)
-            if {r.id for r in records} <= store.done_ids():
-                return store
+            with contextlib.suppress(DamagedShardError):  # a damaged shard: trace_prompts below redoes it
+                if {r.id for r in records} <= store.done_ids():
+                    return store
         return trace_prompts(self.target(), records, folder, sampler=self.sampler, layers=self.cfg.layers,
                              pooling=self.cfg.pooling, batch_size=self.cfg.batch_size, progress=self.progress,
                              description=f"{name:>22}")
@@ -410,11 +417,17 @@ def run_experiment(config: str | Path | ExperimentConfig, out: str | Path | None
     else:
         cfg, text = load_config(config)
     run_dir = Path(out) if out is not None else Path("results") / cfg.name
-    sets = prompt_sets(cfg)  # bad prompts and models fail here, before the run folder is written
-    _check_models(cfg)
-    _claim_folder(run_dir, cfg, text, log)
-    if cfg.samplers:
-        return _run_samplers(cfg, run_dir, sets, progress, log)
+    check_output_dir(run_dir)
+    sets = prompt_sets(cfg)  # missing or bad prompt files fail before the folder is claimed
+    with folder_lock(run_dir):  # one writer per run folder
+        _claim_folder(run_dir, cfg, text, log)
+        if cfg.samplers:
+            return _run_samplers(cfg, run_dir, progress, log, sets)
+        return _run_single(cfg, run_dir, progress, log, sets)
+
+
+def _run_single(cfg: ExperimentConfig, run_dir: Path, progress: bool, log: Callable[[str], None],
+                sets: dict[str, list[PromptRecord]]) -> Path:
     run = _Run(cfg, run_dir, progress, log)
     with run.stage("attacks"):
         attack_sets = _attack_prompts(run, sets["harmful"])
@@ -422,18 +435,8 @@ def run_experiment(config: str | Path | ExperimentConfig, out: str | Path | None
     return _run_pipeline(run, sets, attack_sets)
 
 
-def _check_models(cfg: ExperimentConfig) -> None:
-    """Resolve every model the config names and check its tokenizer (EOS/pad, chat template) without loading
-    weights, so a broken model is a one-line error before anything is written."""
-    from .models import check_model
-
-    check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code)
-    for name in {cfg.attacker, cfg.attack_model} - {None, cfg.model}:
-        check_model(name, system_prompt=cfg.system_prompt or None)  # type: ignore[arg-type]
-
-
-def _run_samplers(cfg: ExperimentConfig, run_dir: Path, sets: dict[str, list[PromptRecord]], progress: bool,
-                  log: Callable[[str], None]) -> Path:
+def _run_samplers(cfg: ExperimentConfig, run_dir: Path, progress: bool, log: Callable[[str], None],
+                  sets: dict[str, list[PromptRecord]]) -> Path:
     """Fixed weights, several samplers: the attack prompts are built once (``attacks/``), then every sampler gets
     a complete run in ``samplers/<name>/`` on the same prompts, and :mod:`sri.comparison` tabulates them."""
     from .comparison import write_comparison
@@ -501,8 +504,11 @@ def _run_pipeline(run: _Run, sets: dict[str, list[PromptRecord]], attack_sets: d
     return report
 
 
-#: config sections that only steer cheap stages: changing them reruns those stages instead of refusing the folder
-_RERUNNABLE = ("judge", "analysis")
+#: config sections that only steer cheap stages: changing them reruns those stages instead of refusing the folder;
+#: ``trust_remote_code`` is a permission, not a setting (adding it after a refusal must not block the folder)
+_RERUNNABLE = ("judge", "analysis", "trust_remote_code")
+#: what a claimed run folder holds before any stage has computed anything
+_CLAIM_FILES = frozenset({"config.yaml", "provenance.json", LOCK_NAME})
 
 
 def _claim_folder(run_dir: Path, cfg: ExperimentConfig, text: str, log: Callable[[str], None]) -> None:
@@ -514,6 +520,10 @@ def _claim_folder(run_dir: Path, cfg: ExperimentConfig, text: str, log: Callable
         new = dataclasses.asdict(cfg)
         if {k: v for k, v in old.items() if k not in _RERUNNABLE} != \
                 {k: v for k, v in new.items() if k not in _RERUNNABLE}:
+            if {p.name for p in run_dir.iterdir()} <= _CLAIM_FILES:  # an earlier attempt failed before any work
+                log(f"{run_dir} holds the configuration of an attempt that computed nothing; replacing it")
+                write_text_atomic(saved, text)
+                return
             raise SriError(f"{run_dir} holds a run with another configuration ({saved}); use another --out folder "
                            "or the same config to resume (only 'judge' and 'analysis' may change)")
         if old["judge"] != new["judge"]:
@@ -522,7 +532,7 @@ def _claim_folder(run_dir: Path, cfg: ExperimentConfig, text: str, log: Callable
         if old != new:
             write_text_atomic(saved, text)
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise SriError(f"{run_dir} exists and is not an experiment folder; choose an empty or new --out folder")
     write_text_atomic(saved, text)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +21,183 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the permissions any new file would get under the process's umask (``0o666 & ~umask``), not
+    mkstemp's private 0600, so collaborators can read what sri writes wherever the umask lets them.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_output_file(path, "output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise SriError(f"cannot write {path} ({e.strerror or e}); choose another output path or fix the "
+                       "permissions of its folder") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # after the block: writers such as safetensors replace the file rather than write into it
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # os.umask can only be read by setting it; restore it at once
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+# ------------------------------------------------------------------------------------------- output paths
+def _blocking_file(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` that is not a folder (a file in the way), else None."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def check_output_file(path: str | os.PathLike[str], option: str = "--out", suffix: str = "") -> Path:
+    """Refuse (one line, naming the path and the fix) an output *file* path that cannot be written: a folder
+    already there, a file where a parent folder should be, or a folder without write permission. Writes nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise SriError(f"{option} {path} is a folder, but a file is expected here; give a file path such as "
+                       f"{path / ('out' + suffix)}")
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise SriError(f"{option} {path} cannot be created: {blocker} is a file, not a folder; choose another path")
+    if path.exists() and not path.is_file():
+        raise SriError(f"{option} {path} exists and is not a regular file; choose another path")
+    _check_writable(path.parent, path, option)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Refuse (one line, naming the path and the fix) an output *folder* path that cannot be written: an existing
+    file, a file where a parent folder should be, or no write permission. Writes nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SriError(f"{option} {path} is a file, but a folder is expected here; give a new or existing folder "
+                       "path instead")
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise SriError(f"{option} {path} cannot be created: {blocker} is a file, not a folder; choose another path")
+    _check_writable(path, path, option)
+    return path
+
+
+def _check_writable(where: Path, path: Path, option: str) -> None:
+    existing = _nearest_existing(where)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SriError(f"{option} {path} is not writable ({existing} does not allow writing); choose another path "
+                       "or fix its permissions")
+
+
+# ------------------------------------------------------------------------------------------- folder locks
+class _HeldLock:
+    def __init__(self, fd: int) -> None:
+        self.fd, self.count = fd, 0
+
+
+_LOCKS: dict[str, _HeldLock] = {}
+_LOCKS_GUARD = threading.Lock()
+LOCK_NAME = ".lock"
+
+
+def acquire_folder_lock(folder: str | os.PathLike[str]) -> str:
+    """Take the exclusive writer lock ``folder/.lock`` (``flock``; the kernel drops it when the process dies, so
+    a stale lock never blocks). Re-entrant within one process; returns a handle for :func:`release_folder_lock`.
+    Another process holding it → one-line :class:`SriError` naming its pid."""
+    folder = Path(folder)
+    key = os.path.realpath(folder)
+    with _LOCKS_GUARD:
+        held = _LOCKS.get(key)
+        if held is None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise SriError(f"cannot write {folder} ({e.strerror or e}); choose another --out or fix its "
+                               "permissions") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                pid = _read_pid(fd)
+                os.close(fd)
+                if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise SriError(f"{folder} is being written by another sri process"
+                                   f"{f' (pid {pid})' if pid else ''}; wait for it to finish or use another "
+                                   "--out") from None
+                raise SriError(f"cannot lock {folder} ({e.strerror or e}); use another --out") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            held = _LOCKS[key] = _HeldLock(fd)
+        held.count += 1
+    return key
+
+
+def release_folder_lock(key: str) -> None:
+    """Release one hold of the lock taken by :func:`acquire_folder_lock` (the last one unlocks)."""
+    with _LOCKS_GUARD:
+        held = _LOCKS.get(key)
+        if held is None:
+            return
+        held.count -= 1
+        if held.count <= 0:
+            del _LOCKS[key]
+            with suppress(OSError):
+                os.ftruncate(held.fd, 0)
+            os.close(held.fd)  # closing the descriptor releases the flock
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the writer lock of ``folder`` for the block (see :func:`acquire_folder_lock`). A folder the block
+    created and left empty (a run that failed before writing anything) is removed again."""
+    folder = Path(folder)
+    existed = folder.exists()
+    key = acquire_folder_lock(folder)
+    try:
+        yield
+    finally:
+        sole = getattr(_LOCKS.get(key), "count", 0) == 1
+        if sole and not existed and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            with suppress(OSError):
+                (folder / LOCK_NAME).unlink()
+                folder.rmdir()
+        release_folder_lock(key)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .errors import IncompatibleError, SriError
-from .io import atomic_path, write_json
+from .io import atomic_path, check_output_file, write_json
 from .judges import is_refusal, text_step_signal
 from .trace import KEY_FIELDS, TraceStore, check_compatible
 
@@ -96,6 +97,8 @@ class Anchors:
         path = Path(path)
         if path.suffix != ".safetensors":
             raise SriError(f"anchor file {path} must end in .safetensors")
+        check_output_file(path, suffix=".safetensors")
+        check_output_file(path.with_suffix(".json"), "the anchors' description", suffix=".json")
         tensors = {f"{k}.layer.{layer}": t[layer].float().contiguous()
                    for k, t in (("harmless", self.harmless), ("harmful", self.harmful)) for layer in self.layers}
         meta = self.metadata()
@@ -116,14 +119,34 @@ class Anchors:
         except Exception as e:  # safetensors raises its own error types for malformed files
             raise SriError(f"{path} is not a readable safetensors file ({type(e).__name__}); "
                            "recreate it with `sri anchors`") from None
-        if meta.get("format") != ANCHOR_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != ANCHOR_FORMAT:
             raise SriError(f"{path} is not an sri anchor file; create one with `sri anchors`")
+        fix = "recreate it with `sri anchors`"
+        key = meta.get("key")
+        if not isinstance(key, dict):
+            raise SriError(f"{path} metadata field key is {'missing' if key is None else 'not an object'}; {fix}")
+        for name in ("num_layers", "steps", "hidden_size"):
+            v = key.get(name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise SriError(f"{path} metadata field key.{name} is {v!r}, expected a positive whole number; {fix}")
+        for name in ("tau", "eps"):
+            v = meta.get(name)
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise SriError(f"{path} metadata field {name} is {v!r}, expected a positive number; {fix}")
         split: dict[str, dict[int, torch.Tensor]] = {"harmless": {}, "harmful": {}}
         for name, t in tensors.items():
-            kind, _, layer = name.split(".")
+            kind, _, layer = name.partition(".layer.")
+            if kind not in split or not layer.isdigit():
+                raise SriError(f"{path} holds a tensor '{name}' that is not an anchor; {fix}")
+            if tuple(t.shape) != (key["steps"], key["hidden_size"]):
+                raise SriError(f"{path} tensor '{name}' has shape {list(t.shape)}, expected "
+                               f"[{key['steps']}, {key['hidden_size']}] (steps, hidden size); {fix}")
             split[kind][int(layer)] = t
+        if not split["harmless"] or sorted(split["harmless"]) != sorted(split["harmful"]):
+            raise SriError(f"{path} holds harmless anchors for layers {sorted(split['harmless'])} but harmful ones "
+                           f"for {sorted(split['harmful'])}; {fix}")
         info = {k: v for k, v in meta.items() if k not in {"format", "key", "tau", "eps"}}
-        return cls(split["harmless"], split["harmful"], meta["key"], info, meta["tau"], meta["eps"])
+        return cls(split["harmless"], split["harmful"], key, info, meta["tau"], meta["eps"])
 
 
 def fit_anchors(harmless: TraceStore, harmful: TraceStore, *, judge: Callable[[str], bool] = is_refusal,

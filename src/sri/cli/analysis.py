@@ -10,6 +10,7 @@ import yaml
 from rich.table import Table
 
 from ..errors import SriError
+from ..io import check_output_dir, check_output_file
 from .app import DeviceOpt, DtypeOpt, app, err, load_adapter, out, quiet_transformers
 
 
@@ -58,6 +59,7 @@ def attack(
         return
     if not name or not prompts or out_file is None:
         raise SriError("give --attack NAME --prompts FILE --out FILE (or --list)")
+    check_output_file(out_file, suffix=".jsonl")
     spec = get_attack(name)
     options = _parse_options(option)
     records = load_prompts(prompts, max_prompts=max_prompts, shuffle_seed=shuffle_seed)
@@ -91,6 +93,7 @@ def judge_llm(
     from ..llm_judge import LLMJudge, default_judge_model
     from ..trace import TraceStore
 
+    check_output_file(out_file, suffix=".jsonl")
     rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
     requests, responses = [], []
     for i, r in enumerate(rows):
@@ -132,6 +135,8 @@ def judge_calibrate(
     from ..judges import is_refusal
     from ..llm_judge import LLMJudge, calibrate, default_judge_model
 
+    if out_file is not None:
+        check_output_file(out_file, suffix=".json")
     rows = read_jsonl(dataset_path(labels) if labels in DATASETS else labels)[:max_rows]
     scorers = {}
     for name in ([] if keyword_only else (model or [default_judge_model()])):
@@ -170,10 +175,22 @@ def analyze(
     """Recovery metrics (RR, ASR, IRR, incomplete-recovery flags, HRR/FRR) with bootstrap CIs, and LDA."""
     from ..analysis import LAMBDA_R, analyze_run
 
+    _check_run_outputs(run_dir, "analysis.json", "flags.jsonl")
     result = analyze_run(run_dir, lambda_c=lambda_c, lambda_r=lambda_r or list(LAMBDA_R), lambda_dip=lambda_dip,
                          resamples=bootstrap, seed=seed)
     _print_analysis(result)
     err.print(f"→ {run_dir}/analysis.json, {run_dir}/flags.jsonl")
+
+
+def _check_run_outputs(run_dir: Path, *names: str) -> None:
+    """RUN_DIR must be a writable folder and the files written into it must not be blocked by folders (or, for a
+    name ending in '/', by files)."""
+    check_output_dir(run_dir, "RUN_DIR")
+    for name in names:
+        if name.endswith("/"):
+            check_output_dir(run_dir / name, "RUN_DIR's")
+        else:
+            check_output_file(run_dir / name, "RUN_DIR's", suffix=Path(name).suffix)
 
 
 def _print_analysis(result: dict[str, Any]) -> None:
@@ -200,6 +217,7 @@ def report(
     """Write RUN_DIR/report.html: one self-contained file (figures embedded, tables, config, provenance)."""
     from ..report.html import build_report
 
+    _check_run_outputs(run_dir, "analysis.json", "flags.jsonl", "report.html", "figures/")
     if not (run_dir / "analysis.json").is_file():
         from ..analysis import analyze_run
 
@@ -216,6 +234,8 @@ def run(
     """The whole experiment: anchors → attacks → traces → judge → signals → analysis → report (resumable)."""
     from ..experiment import run_experiment
 
+    if out_dir is not None:
+        check_output_dir(out_dir)
     quiet_transformers()
     path = run_experiment(config, out_dir, log=lambda s: err.print(f"[cyan]•[/] {s}"))
     from ..io import read_json

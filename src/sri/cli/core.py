@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import SriError
+from ..io import check_output_dir, check_output_file
 from .app import DeviceOpt, DtypeOpt, ModelOpt, app, err, load_adapter, out, quiet_transformers
 
 assets_app = typer.Typer(no_args_is_help=True, help="Fetch, list and verify the offline models and prompt sets.")
@@ -138,6 +139,8 @@ def trace(
 ) -> None:
     """Generate step by step and store per-step pooled hidden states and texts."""
     from ..data import load_prompts
+
+    check_output_dir(out_dir)
     from ..sampling import ARConfig, DiffusionConfig
     from ..tracer import trace_prompts
 
@@ -213,6 +216,8 @@ def judge(
         raise SriError("give texts to judge or --input FILE")
     for i, t in enumerate(text or [], 1):
         check_text(t, f"text {i}")
+    if out_file is not None:
+        check_output_file(out_file, suffix=".jsonl")
     if input_file is not None:
         rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
         for i, row in enumerate(rows):
@@ -244,6 +249,8 @@ def anchors(
 
     if out_file.suffix != ".safetensors":
         raise SriError(f"--out {out_file} must end in .safetensors")
+    check_output_file(out_file, suffix=".safetensors")
+    check_output_file(out_file.with_suffix(".json"), "--out's description", suffix=".json")
     fitted = fit_anchors(TraceStore.open(harmless), TraceStore.open(harmful))
     fitted.save(out_file)
     c = fitted.info["counts"]
@@ -264,8 +271,23 @@ def signal(
     from ..signal import Anchors, compute_signals
     from ..trace import TraceStore
 
+    check_output_file(out_file, suffix=".jsonl")
+    seen: dict[Path, Path] = {}
+    for folder in traces:
+        real = folder.resolve()
+        if real in seen:
+            raise SriError(f"--traces {folder} is the same folder as --traces {seen[real]}; give each trace folder "
+                           "once")
+        seen[real] = folder
     fitted = Anchors.load(anchors_file)
-    rows = [row for folder in traces for row in compute_signals(fitted, TraceStore.open(folder), layer)]
+    rows, origin = [], {}
+    for folder in traces:
+        for row in compute_signals(fitted, TraceStore.open(folder), layer):
+            if row["id"] in origin:
+                raise SriError(f"id {row['id']!r} is in both --traces {origin[row['id']]} and --traces {folder}; "
+                               "ids must be unique across the folders (give the prompts distinct ids)")
+            origin[row["id"]] = folder
+            rows.append(row)
     write_jsonl(out_file, rows)
     err.print(f"[green]{len(rows)} signals[/] → {out_file}")
 
@@ -281,10 +303,11 @@ def plot(
     """Plot SRI trajectories with compliance/refusal regions and the text-level step signal."""
     from ..report.plots import plot_trajectories
 
-    rows = _signal_rows(signals)
-    ref = _signal_rows(reference) if reference else []
     if out_file.suffix.lower() != ".png":
         raise SriError(f"--out {out_file} must end in .png")
+    check_output_file(out_file, suffix=".png")
+    rows = _signal_rows(signals)
+    ref = _signal_rows(reference) if reference else []
     plot_trajectories(rows, out_file, reference=ref, title=title)
     err.print(f"[green]figure[/] → {out_file}")
 
@@ -318,11 +341,14 @@ def demo(
 ) -> None:
     """Anchors → traces of unseen harmless, harmful and jailbreak prompts → signals, figure, summary table."""
     from ..demo import DemoConfig, run_demo
+    from ..io import folder_lock
 
+    check_output_dir(out_dir)
     quiet_transformers()
     config = DemoConfig(model=model, n_anchor=400 if paper_size else n_anchor, n_eval=n_eval, steps=steps,
                         batch_size=batch_size, device=device, dtype=dtype)
-    summary = run_demo(out_dir, config)
+    with folder_lock(out_dir):
+        summary = run_demo(out_dir, config)
     table = Table(title=f"SRI demo on {model}")
     for col in ("group", "n", "refusal rate", "mean final σ"):
         table.add_column(col, justify="right")

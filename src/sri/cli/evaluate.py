@@ -18,9 +18,12 @@ def eval_command(
 ) -> None:
     """Evaluate SRI Guard against baselines on jailbreak prompt sets; writes eval.json, tables.md and ROC curves."""
     from ..evaluate import EvalConfig, run_eval
+    from ..io import check_output_dir, folder_lock
 
+    check_output_dir(out_dir)
     quiet_transformers()
     cfg = EvalConfig.from_file(config)
-    results = run_eval(cfg, out_dir)
+    with folder_lock(out_dir):  # one writer per run folder
+        results = run_eval(cfg, out_dir)
     typer.echo((out_dir / "tables.md").read_text(encoding="utf-8"))
     err.print(f"[green]results[/] → {out_dir}/eval.json, {out_dir}/tables.md, {results['figure']}")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..io import check_output_dir, check_output_file
 from .app import app, err, out
 
 guard_app = typer.Typer(no_args_is_help=True, help="SRI Guard: fit a benign-only jailbreak detector and apply it.")
@@ -36,6 +37,7 @@ def guard_fit(
     from ..io import read_jsonl
     from ..signal import Anchors
 
+    check_output_dir(out_dir)
     fitted = fit_guard(read_jsonl(benign), read_jsonl(calibrate), detector=detector, quantile=quantile, seed=seed,
                        stream=stream, min_prefix=min_prefix, every=stream_every,
                        anchors=Anchors.load(anchors) if anchors else None, refusal_text=refusal_text,
@@ -69,6 +71,8 @@ def guard_score(
     from ..guard import Guard, signal_matrix
     from ..io import read_jsonl, write_jsonl
 
+    if out_file is not None:
+        check_output_file(out_file, suffix=".jsonl")
     guard = Guard.load(guard_dir)
     rows = read_jsonl(signals)
     x, key = signal_matrix(rows, str(signals))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from safetensors.numpy import load_file, save_file
 
 from .. import __version__
 from ..errors import IncompatibleError, SriError
-from ..io import atomic_path, read_json, write_json
+from ..io import atomic_path, check_output_dir, read_json, write_json
 from ..signal import Anchors
 from ..trace import KEY_FIELDS, check_compatible
 from .detectors import Detector, make_detector
@@ -118,8 +119,9 @@ class Guard:
 
     # ------------------------------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> Path:
-        """Write ``folder/guard.safetensors`` then ``folder/guard.json`` (the JSON names the tensors' hash)."""
-        folder = Path(folder)
+        """Write ``folder/guard.safetensors`` then ``folder/guard.json`` (the JSON names the tensors' hash, so a
+        pair mixed by two concurrent writers is refused when loading)."""
+        folder = check_output_dir(folder)
         tensors: dict[str, np.ndarray] = {}
         for t, det in self.detectors.items():
             for name, arr in det.state().items():
@@ -150,21 +152,29 @@ class Guard:
         if not meta_file.is_file() or not weights.is_file():
             raise SriError(f"{folder} is not a guard folder (guard.json / guard.safetensors missing); "
                            "create one with `sri guard fit`")
-        meta = read_json(meta_file)
-        if meta.get("format") != GUARD_FORMAT:
-            raise SriError(f"{meta_file} has format {meta.get('format')!r}, expected {GUARD_FORMAT}; "
-                           "refit with `sri guard fit`")
-        if _sha256(weights) != meta.get("tensors_sha256"):
+        meta = _read_guard_meta(meta_file)
+        if _sha256(weights) != meta["tensors_sha256"]:
             raise SriError(f"{weights} does not match {meta_file.name} (a partial or mixed write?); "
                            "refit with `sri guard fit`")
-        raw = load_file(str(weights))
+        try:
+            raw = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error types for malformed files
+            raise SriError(f"{weights} is not a readable safetensors file ({type(e).__name__}); "
+                           "refit with `sri guard fit`") from None
+        fix = "restore it or refit with `sri guard fit`"
         detectors = {}
         for t_str, config in meta["detectors"].items():
             prefix = f"prefix.{t_str}."
             state = {k.removeprefix(prefix): v for k, v in raw.items() if k.startswith(prefix)}
-            detectors[int(t_str)] = Detector.rebuild(config, state)
+            try:
+                detectors[int(t_str)] = Detector.rebuild(config, state)
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+                raise SriError(f"{meta_file} field detectors.{t_str} does not rebuild a detector "
+                               f"({type(e).__name__}: {str(e)[:80]}); {fix}") from None
         anchors = None
-        if meta.get("anchors"):
+        if meta["anchors"] is not None:
+            if "anchors.harmless" not in raw or "anchors.harmful" not in raw:
+                raise SriError(f"{meta_file} field anchors is set but {weights.name} holds no anchors; {fix}")
             anchors = StepAnchors(torch.from_numpy(raw["anchors.harmless"]), torch.from_numpy(raw["anchors.harmful"]),
                                   float(meta["anchors"]["tau"]), float(meta["anchors"]["eps"]))
         known = {"format", "key", "quantile", "threshold", "stream_thresholds", "detectors", "anchors",
@@ -174,6 +184,65 @@ class Guard:
                    quantile=float(meta["quantile"]), key=meta["key"], anchors=anchors,
                    refusal_text=meta["refusal_text"], info={k: v for k, v in meta.items() if k not in known},
                    sha256=meta["tensors_sha256"])
+
+
+def _read_guard_meta(meta_file: Path) -> dict[str, Any]:
+    """``guard.json`` after checking its structure: one line naming the first missing or mistyped field."""
+    meta = read_json(meta_file)
+    fix = "restore it or refit with `sri guard fit`"
+    if not isinstance(meta, dict):
+        raise SriError(f"{meta_file} is a JSON {type(meta).__name__}, not an object; {fix}")
+    if meta.get("format") != GUARD_FORMAT:
+        raise SriError(f"{meta_file} has format {meta.get('format')!r}, expected {GUARD_FORMAT}; "
+                       "refit with `sri guard fit`")
+
+    def bad(name: str, what: str) -> SriError:
+        got = "missing" if name not in meta else repr(meta[name])[:60]
+        return SriError(f"{meta_file} field {name} is {got}, expected {what}; {fix}")
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    key = meta.get("key")
+    if not isinstance(key, dict):
+        raise bad("key", "an object (the signals' key)")
+    steps = key.get("steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+        raise SriError(f"{meta_file} field key.steps is {'missing' if steps is None else repr(steps)}, expected a "
+                       f"positive whole number; {fix}")
+    q = meta.get("quantile")
+    if not number(q) or not 0 < q < 1:
+        raise bad("quantile", "a number in (0, 1)")
+    if not number(meta.get("threshold")):
+        raise bad("threshold", "a finite number")
+    for name in ("stream_thresholds", "detectors"):
+        if not isinstance(meta.get(name), dict):
+            raise bad(name, "an object keyed by prefix length")
+        for t, v in meta[name].items():
+            if not t.isdigit() or not 1 <= int(t) <= steps:
+                raise SriError(f"{meta_file} field {name} has prefix {t!r}, expected a step in 1..{steps}; {fix}")
+            ok = number(v) if name == "stream_thresholds" else (
+                isinstance(v, dict) and isinstance(v.get("kind"), str) and isinstance(v.get("params"), dict)
+                and "seed" in v and isinstance(v.get("dim"), int))
+            if not ok:
+                raise SriError(f"{meta_file} field {name}.{t} is {v!r}, expected "
+                               f"{'a finite number' if name == 'stream_thresholds' else 'a detector config'}; "
+                               f"{fix}")
+    if str(steps) not in meta["detectors"]:
+        raise SriError(f"{meta_file} field detectors has no full-signal detector (prefix {steps} = key.steps); "
+                       f"{fix}")
+    missing = sorted(set(meta["stream_thresholds"]) - set(meta["detectors"]), key=int)
+    if missing:
+        raise SriError(f"{meta_file} field stream_thresholds names prefix {missing[0]} with no detector; {fix}")
+    anchors = meta.get("anchors", "missing")
+    if anchors is not None and not (isinstance(anchors, dict) and number(anchors.get("tau"))
+                                    and number(anchors.get("eps"))):
+        raise SriError(f"{meta_file} field anchors is {anchors!r}, expected null or {{tau, eps}} numbers; {fix}")
+    if not isinstance(meta.get("refusal_text"), str):
+        raise bad("refusal_text", "a string")
+    if not isinstance(meta.get("tensors_sha256"), str):
+        raise bad("tensors_sha256", "the sha256 of guard.safetensors")
+    return meta
 
 
 # ------------------------------------------------------------------------------------------------ fitting

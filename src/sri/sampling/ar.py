@@ -16,7 +16,7 @@ from transformers.generation.logits_process import (
 
 from ..errors import SriError
 from ..models.adapter import ModelAdapter
-from .base import GenerationResult, HiddenCapture, StepEvent, StepObserver, notify_step
+from .base import GenerationResult, HiddenCapture, StepEvent, StepObserver, check_finite, notify_step
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class ARConfig:
     name = "ar"  # what the compatibility key records
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.steps <= 0:
             raise SriError(f"steps must be positive (got {self.steps}); use e.g. --steps 32")
         if self.temperature < 0:

@@ -8,11 +8,15 @@ inside the module hook, so nothing of size ``layers × sequence × D`` is ever k
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import SriError
 
 
 @dataclass
@@ -119,3 +123,13 @@ class HiddenCapture:
 def notify_step(observers: list[StepObserver], event: StepEvent) -> None:
     for obs in observers:
         obs.on_step(event)
+
+
+def check_finite(config: Any) -> None:
+    """One-line :class:`SriError` for a non-finite number (nan, inf) in a sampler config's fields, before any
+    other check (``nan < 0`` is false, so range checks alone let it through)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SriError(f"{f.name.replace('_', '-')} must be a finite number (got {value}); give an ordinary "
+                           "number (nan and inf are not settings)")

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import SriError
 from ..models.masked import DiffusionAdapter
-from .base import GenerationResult, HiddenCapture, StepEvent, StepObserver, notify_step
+from .base import GenerationResult, HiddenCapture, StepEvent, StepObserver, check_finite, notify_step
 
 #: how a still-masked slot is shown in per-step texts
 MASK_SYMBOL = "░"
@@ -81,6 +81,7 @@ class DiffusionConfig:
     kind = "diffusion"  # family of pooling conventions
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.block_length is None:
             object.__setattr__(self, "block_length", self.gen_length)
         if self.schedule is None and self.remasking == "leftmost":
