@@ -253,17 +253,14 @@ def _run_and_eval_fail(model: str, tmp_path: Path, capsys, message: str) -> None
     prompts = tmp_path / "few.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"prompt {i}"}) + "\n" for i in range(4)))
     run_config = {"name": "t", "model": model, "device": "cpu", "dtype": "fp32",
-                  "anchors": {"harmless": {"dataset": str(prompts), "n": 1}, "harmful": {"dataset": str(prompts),
-                                                                                         "n": 1}},
-                  "eval": {"harmless": {"dataset": str(prompts), "n": 1}, "harmful": {"dataset": str(prompts),
-                                                                                      "n": 1}}}
+                  "prompts": {"anchor_harmless": {"dataset": str(prompts), "n": 1},
+                              "anchor_harmful": {"dataset": str(prompts), "n": 1},
+                              "harmless": {"dataset": str(prompts), "n": 1},
+                              "harmful": {"dataset": str(prompts), "n": 1}}}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(run_config))
     _fails_cleanly(["run", "--config", str(path), "--out", str(tmp_path / "run")], capsys, message,
                    tmp_path / "run")
-    path = tmp_path / "eval.yaml"
-    path.write_text(yaml.safe_dump({"model": model, "device": "cpu", "dtype": "fp32", "n_anchor": 1, "n_fit": 1,
-                                    "n_calibrate": 1, "n_harmless": 1, "n_overrefusal": 1, "n_behaviours": 1}))
     _fails_cleanly(["eval", "--config", str(path), "--out", str(tmp_path / "ev")], capsys, message, tmp_path / "ev")
 def test_unusable_output_paths_and_non_finite_settings(tiny_llama_dir, prompt_file, tmp_path, capsys) -> None:
     """Issue 11, kinds 2 and 5 (the full set per command is in test_run_folders.py)."""

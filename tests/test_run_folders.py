@@ -336,10 +336,10 @@ def test_non_finite_temperature_writes_nothing(tiny_llama_dir, tmp_path, capsys,
 def _run_config(tmp_path: Path, model: str, harmless: Path, **extra) -> Path:
     config = {"name": "t", "model": model, "device": "cpu", "dtype": "fp32",
               "sampler": {"kind": "diffusion", "steps": 4, "gen_length": 4}, "judge": {"model": "none"},
-              "anchors": {"harmless": {"dataset": str(harmless), "n": 1},
-                          "harmful": {"dataset": str(tmp_path / "x.jsonl"), "n": 1}},
-              "eval": {"harmless": {"dataset": str(harmless), "n": 1},
-                       "harmful": {"dataset": str(tmp_path / "x.jsonl"), "n": 1}}, **extra}
+              "prompts": {"anchor_harmless": {"dataset": str(harmless), "n": 1},
+                          "anchor_harmful": {"dataset": str(tmp_path / "x.jsonl"), "n": 1},
+                          "harmless": {"dataset": str(harmless), "n": 1},
+                          "harmful": {"dataset": str(tmp_path / "x.jsonl"), "n": 1}}, **extra}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -360,8 +360,8 @@ def test_failed_run_does_not_block_the_corrected_config(tmp_path, capsys, monkey
     res = run_cli(["run", "--config", str(cfg), "--out", str(out)], capsys)  # (stage lines come first)
     assert res.code == 2 and "ships its own modelling code" in res.error_lines[-1], res.err
     reached = []
-    monkeypatch.setattr("sri.experiment._run_single", lambda cfg, run_dir, *a: reached.append(cfg) or run_dir)
-    from sri.experiment import run_experiment
+    monkeypatch.setattr("sri.pipeline.runner._run_one", lambda cfg, run_dir, *a: reached.append(cfg) or run_dir)
+    from sri.pipeline import run as run_experiment
 
     run_experiment(_run_config(tmp_path, remote, tmp_path / "h.jsonl", trust_remote_code=True), out)
     run_experiment(_run_config(tmp_path, remote, tmp_path / "h.jsonl", seed=5), out)  # nothing computed yet

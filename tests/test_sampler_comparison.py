@@ -11,10 +11,10 @@ from sri.attacks import AttackContext, run_attack
 from sri.comparison import comparison_markdown
 from sri.data import load_prompts
 from sri.errors import SriError
-from sri.experiment import parse_config, run_experiment
 from sri.io import read_json, read_jsonl
 from sri.models import load_diffusion_model
 from sri.models.tiny import build_tiny_masked_lm, train_tiny_masked_lm
+from sri.pipeline import parse_config, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,12 +41,12 @@ def refusing_dlm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _config(ws: dict[str, Path], judge: Path, attack_model: Path | None) -> dict:
     return {
         "name": "same", "model": str(ws["model"]), "device": "cpu", "dtype": "fp32", "batch_size": 4,
-        "samplers": {"ar-order": {"kind": "diffusion", "steps": GEN, "gen_length": GEN, "remasking": "leftmost"},
+        "samplers": {"ar-order": {"kind": "diffusion-ar", "steps": GEN},
                      "low-conf": {"kind": "diffusion", "steps": GEN // 2, "gen_length": GEN}},
-        "anchors": {"harmless": {"dataset": str(ws["harmless"]), "n": 2},
+        "prompts": {"anchor_harmless": {"dataset": str(ws["harmless"]), "n": 2},
+                    "anchor_harmful": {"dataset": str(ws["harmful"]), "n": 2},
+                    "harmless": {"dataset": str(ws["harmless"]), "n": 2},
                     "harmful": {"dataset": str(ws["harmful"]), "n": 2}},
-        "eval": {"harmless": {"dataset": str(ws["harmless"]), "n": 2},
-                 "harmful": {"dataset": str(ws["harmful"]), "n": 2}},
         "attacks": [{"name": "flip"}, {"name": "dija"},
                     {"name": "random_search", "n": 1,
                      "options": {"iterations": 1, "candidates": 2, "suffix_tokens": 3, "change_tokens": 1}}],
@@ -61,7 +61,7 @@ def test_samplers_share_prompts_and_are_compared(refusing_dlm, tiny_llama_dir, t
     path = tmp_path / "same.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     run_dir = tmp_path / "run"
-    result = run_experiment(path, run_dir, progress=False)
+    result = run(path, run_dir, progress=False)
     assert result == run_dir / "comparison.md"
     attack_files = sorted(p.name for p in (run_dir / "attacks").glob("*.jsonl"))
     assert attack_files == ["dija.jsonl", "flip.jsonl", "random_search.jsonl"]
@@ -96,14 +96,14 @@ def test_samplers_share_prompts_and_are_compared(refusing_dlm, tiny_llama_dir, t
 
     traces, judged = snapshot("traces"), snapshot("judgements")
     assert traces and judged
-    run_experiment(path, run_dir, progress=False)  # resumes: nothing traced, built or judged again
+    run(path, run_dir, progress=False)  # resumes: nothing traced, built or judged again
     assert snapshot("traces") == traces and snapshot("judgements") == judged
     assert all(len(read_json(run_dir / "samplers" / n / "provenance.json")["sessions"]) == 2
                for n in ("ar-order", "low-conf"))
 
     config["judge"]["threshold"] = 0.0  # another judge: judged again in every sampler, nothing traced again
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    run_experiment(path, run_dir, progress=False)
+    run(path, run_dir, progress=False)
     assert snapshot("traces") == traces and snapshot("judgements") != judged
     for name in ("ar-order", "low-conf"):
         rows = read_jsonl(run_dir / "samplers" / name / "signals.jsonl")
@@ -120,28 +120,28 @@ def test_optimising_attacks_need_a_causal_model(refusing_dlm, tiny_llama_dir, tm
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     with pytest.raises(SriError, match="set attack_model to an AR chat model"):
-        run_experiment(path, tmp_path / "run", progress=False)
+        run(path, tmp_path / "run", progress=False)
     assert not list((tmp_path / "run").glob("attacks/*.jsonl"))
 
 
 def test_sampler_names_and_settings_are_checked(refusing_dlm, tiny_llama_dir) -> None:
     config = _config(refusing_dlm, tiny_llama_dir, None)
     config["samplers"]["bad name!"] = {"kind": "diffusion"}
-    with pytest.raises(SriError, match="samplers.bad name!"):
+    with pytest.raises(SriError, match="samplers.bad name!.*String should match pattern"):
         parse_config(config)
     config["samplers"] = {"x": {"kind": "diffusion", "steps": 3, "gen_length": 8, "block_length": 4}}
-    with pytest.raises(SriError, match="steps 3 must be a multiple of the number of blocks 2"):
+    with pytest.raises(SriError, match="samplers.x: steps 3 must be a multiple of the number of blocks 2"):
         parse_config(config)
     config["samplers"] = {"x": {"kind": "diffusion"}, "y": {"kind": "ar"}}
     with pytest.raises(SriError, match="mixes autoregressive and diffusion"):
         parse_config(config)
     config["samplers"] = {1: {"kind": "diffusion"}}
-    with pytest.raises(SriError, match="samplers.1 must be a mapping under a name"):
+    with pytest.raises(SriError, match="samplers.1.*valid string"):
         parse_config(config)
     dream = {"kind": "diffusion", "schedule": "dream-native", "steps": 4, "gen_length": 8, "remasking": "origin",
              "top_k": 3, "top_p": 0.9, "eps": 0.01}
     config["samplers"] = {"x": dream, "y": {**dream, "remasking": "maskgit_plus", "alg_temp": 0.5}}
-    assert parse_config(config).samplers["x"]["top_k"] == 3  # the YAML takes DiffusionConfig's names
+    assert parse_config(config).samplers["x"].top_k == 3  # the YAML takes DiffusionConfig's names
     config["samplers"] = {"x": {**dream, "block_length": 4}}
     with pytest.raises(SriError, match="one block"):
         parse_config(config)

@@ -1,5 +1,5 @@
 """Samplers compared on fixed weights (paper Table 2 and its IRR comparison): one model, the same prompts, one run
-folder per sampler (``samplers/<name>/``, each a complete :mod:`sri.experiment` run), and here the side-by-side
+folder per sampler (``samplers/<name>/``, each a complete :mod:`sri.pipeline` run), and here the side-by-side
 tables of what changed.
 
 For every evaluation set s (raw harmful prompts, each attack, all attacks) and sampler k:
@@ -119,7 +119,7 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
 
 
 def _describe(spec: dict[str, Any]) -> str:
-    if spec.get("remasking") == "leftmost":
+    if spec.get("kind") == "diffusion-ar":
         return f"AR order ({spec.get('steps')} tokens, one per step)"
     if spec.get("kind", "ar") == "ar":
         return f"AR decoding, T={spec.get('steps', 32)}"

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SriError
+from .registry import Registry
 from .sampling.base import StepEvent, StepObserver
 
 
@@ -43,9 +44,8 @@ class Pooling:
     after_end: str = "repeat-state"  # or "hold-mean": see the module docstring
 
 
-POOLINGS: dict[str, Pooling] = {
-    p.name: p
-    for p in (
+POOLINGS: Registry[Pooling] = Registry("pooling")
+for _p in (
         Pooling("producing", ("ar",), "running mean of the state that produces each token (authors' AR code)", 0,
                 True),
         Pooling("generated", ("ar",), "running mean of the states of the generated tokens (paper's text)", 1, True),
@@ -56,18 +56,15 @@ POOLINGS: dict[str, Pooling] = {
         Pooling("all-slots", ("diffusion",), "mean over all response slots, masked included (authors' code)", 0,
                 False),
         Pooling("committed", ("diffusion",), "mean over the committed response slots only", 0, False),
-    )
-}
+):
+    POOLINGS.add(_p.name, _p)
 
 DEFAULT_POOLING = {"ar": "producing", "diffusion": "all-slots"}
 
 
 def get_pooling(name: str | None, sampler_kind: str) -> Pooling:
     """The pooling convention ``name`` (or the sampler's default), checked against the sampler kind."""
-    name = name or DEFAULT_POOLING[sampler_kind]
-    if name not in POOLINGS:
-        raise SriError(f"pooling '{name}' is unknown; use one of {', '.join(POOLINGS)}")
-    pooling = POOLINGS[name]
+    pooling = POOLINGS[name or DEFAULT_POOLING[sampler_kind]]
     if sampler_kind not in pooling.sampler_kinds:
         ok = [p for p, v in POOLINGS.items() if sampler_kind in v.sampler_kinds]
         raise SriError(f"pooling '{name}' does not apply to the {sampler_kind} sampler; use one of {', '.join(ok)}")

@@ -47,7 +47,7 @@ def dija_prompt(request: str, mask: str, scaffold: str, slots: int, mask_run: in
     return f"{request}\n\n{lead}\n{body}"
 
 
-@register_attack("dija", family="dija", model_kinds=("masked-diffusion",),
+@register_attack("dija", family="dija", model_kinds=("masked-diffusion",), reads_target=True,
                  description="request rewritten as interleaved text and mask slots for a diffusion model to fill "
                              "(DIJA)")
 def dija(records: list[PromptRecord], *, context: AttackContext, scaffold: str = "random", slots: int = 4,

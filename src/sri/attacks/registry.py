@@ -15,6 +15,7 @@ from typing import Any
 
 from ..data import PromptRecord
 from ..errors import SriError
+from ..registry import Registry
 
 #: every model kind a trace can come from (sri.models.adapter.Family.kind)
 ALL_KINDS = ("causal", "masked-diffusion")
@@ -44,6 +45,7 @@ class AttackSpec:
     family: str
     description: str
     needs_target: bool = False  # runs the target model while building prompts
+    reads_target: bool = False  # reads the target's tokenizer/conventions (e.g. DIJA: its mask token)
     model_kinds: tuple[str, ...] = ALL_KINDS  # model kinds the attack applies to
     runs_kinds: tuple[str, ...] = ALL_KINDS  # kinds of model the attack can run while building prompts
 
@@ -54,26 +56,25 @@ class AttackSpec:
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "context"}
 
 
-ATTACKS: dict[str, AttackSpec] = {}
+ATTACKS: Registry[AttackSpec] = Registry("attack", "list them with `sri attack --list` or `sri ls`")
 
 
 def register_attack(name: str, *, family: str, description: str, needs_target: bool = False,
-                    model_kinds: tuple[str, ...] = ALL_KINDS, runs_kinds: tuple[str, ...] = ALL_KINDS,
-                    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``fn(records, *, context, **options) → list[PromptRecord]`` under ``name``. ``model_kinds``: the
-    kinds of target the attack applies to; ``runs_kinds``: the kinds of model it can run to build prompts."""
+                    reads_target: bool = False, model_kinds: tuple[str, ...] = ALL_KINDS,
+                    runs_kinds: tuple[str, ...] = ALL_KINDS) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn(records, *, context, **options) → list[PromptRecord]`` under ``name``. ``needs_target``: it
+    runs a model to build prompts; ``reads_target``: it reads the target's conventions (``context.target``);
+    ``model_kinds``: the kinds of target it applies to; ``runs_kinds``: the kinds of model it can run."""
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if name in ATTACKS:
-            raise ValueError(f"attack '{name}' is registered twice")
-        ATTACKS[name] = AttackSpec(name, fn, family, description, needs_target, model_kinds, runs_kinds)
+        ATTACKS.add(name, AttackSpec(name, fn, family, description, needs_target, reads_target, model_kinds,
+                                     runs_kinds))
         return fn
 
     return decorate
 
 
 def get_attack(name: str) -> AttackSpec:
-    if name not in ATTACKS:
-        raise SriError(f"attack '{name}' is unknown; list them with `sri attack --list`")
+    """The attack registered as ``name`` (unknown → a did-you-mean :class:`SriError`)."""
     return ATTACKS[name]
 
 

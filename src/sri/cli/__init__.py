@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import SriError
-from . import analysis, core, dlm, evaluate, guard  # noqa: F401  (registers commands)
+from . import analysis, core, dlm, guard, pipeline  # noqa: F401  (registers commands)
 from .app import app, err
 
 __all__ = ["app", "main"]

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import SriError
 from ..io import check_output_dir, check_output_file
-from .app import DeviceOpt, DtypeOpt, app, err, load_adapter, out, quiet_transformers
+from .app import DeviceOpt, DtypeOpt, app, err, load_adapter, out
 
 
 def _parse_options(items: list[str] | None) -> dict[str, Any]:
@@ -64,7 +64,7 @@ def attack(
     options = _parse_options(option)
     records = load_prompts(prompts, max_prompts=max_prompts, shuffle_seed=shuffle_seed)
     context = AttackContext(seed=seed, progress=True)
-    if spec.needs_target or name == "dija":
+    if spec.needs_target or spec.reads_target:
         context.target = load_adapter(model, device, dtype, "You are a helpful assistant")
     if attacker:
         context.attacker = load_adapter(attacker, device, dtype, "You are a helpful assistant")
@@ -223,26 +223,4 @@ def report(
 
         analyze_run(run_dir)
     path = build_report(run_dir, panels=panels)
-    err.print(f"[green]report[/] → {path}")
-
-
-@app.command()
-def run(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML (see configs/).")],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default results/<name>).")] = None,
-) -> None:
-    """The whole experiment: anchors → attacks → traces → judge → signals → analysis → report (resumable)."""
-    from ..experiment import run_experiment
-
-    if out_dir is not None:
-        check_output_dir(out_dir)
-    quiet_transformers()
-    path = run_experiment(config, out_dir, log=lambda s: err.print(f"[cyan]•[/] {s}"))
-    from ..io import read_json
-
-    if path.suffix == ".md":  # several samplers: the comparison table
-        out.print(path.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
-        err.print(f"[green]comparison[/] → {path} (per-sampler reports: {path.parent / 'samplers'}/*/report.html)")
-        return
-    _print_analysis(read_json(path.parent / "analysis.json"))
     err.print(f"[green]report[/] → {path}")

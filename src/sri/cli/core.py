@@ -324,37 +324,3 @@ def _signal_rows(path: Path) -> list[dict]:
     if len({len(r["sri"]) for r in rows}) != 1:
         raise SriError(f"{path} mixes signals of different lengths; plot one step count at a time")
     return rows
-
-
-# ----------------------------------------------------------------------------------------------- demo
-@app.command()
-def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (re-running resumes).")] = Path("results/demo"),
-    model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
-    n_anchor: Annotated[int, typer.Option(help="Harmless and harmful prompts each for the anchors.")] = 32,
-    n_eval: Annotated[int, typer.Option(help="Unseen harmless / harmful / jailbreak prompts each.")] = 24,
-    paper_size: Annotated[bool, typer.Option(help="Use the paper's 400 anchor prompts per side.")] = False,
-    steps: Annotated[int, typer.Option(help="Generation steps T.")] = 32,
-    batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 8,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-) -> None:
-    """Anchors → traces of unseen harmless, harmful and jailbreak prompts → signals, figure, summary table."""
-    from ..demo import DemoConfig, run_demo
-    from ..io import folder_lock
-
-    check_output_dir(out_dir)
-    quiet_transformers()
-    config = DemoConfig(model=model, n_anchor=400 if paper_size else n_anchor, n_eval=n_eval, steps=steps,
-                        batch_size=batch_size, device=device, dtype=dtype)
-    with folder_lock(out_dir):
-        summary = run_demo(out_dir, config)
-    table = Table(title=f"SRI demo on {model}")
-    for col in ("group", "n", "refusal rate", "mean final σ"):
-        table.add_column(col, justify="right")
-    for g in summary["groups"]:
-        table.add_row(g["group"], str(g["n"]), f"{g['refusal_rate']:.2f}", f"{g['mean_final_sri']:.3f}")
-    out.print(table)
-    for k, v in summary["auroc_final_sri"].items():
-        out.print(f"AUROC {k.replace('_', ' ')}: " + ("–" if v is None else f"{v:.3f}"))
-    out.print(f"results: {out_dir}/summary.md, figure: {summary['figure']}, signals: {out_dir}/signals.jsonl")

@@ -1,6 +1,7 @@
 """Baseline jailbreak defenses with one interface (:class:`Defense`): perplexity filter, Self-Examine, an LLM
 guard (LlamaGuard stand-in) and SmoothLLM. SRI Guard is in :mod:`sri.guard`."""
 
+from ..registry import Registry
 from .base import Defense, DefenseResult, answer_probability, chat_text
 from .llm_guard import LLMGuard
 from .perplexity import PerplexityFilter
@@ -8,7 +9,9 @@ from .self_examine import SelfExamine
 from .smoothllm import SmoothLLM, swap_perturb
 from .sri_guard import SRIGuardDefense
 
-DEFENSES: dict[str, type[Defense]] = {d.name: d for d in (PerplexityFilter, SelfExamine, LLMGuard, SmoothLLM)}
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+for _d in (PerplexityFilter, SelfExamine, LLMGuard, SmoothLLM):
+    DEFENSES.add(_d.name, _d)
 
 __all__ = ["DEFENSES", "Defense", "DefenseResult", "LLMGuard", "PerplexityFilter", "SRIGuardDefense", "SelfExamine",
            "SmoothLLM", "answer_probability", "chat_text", "swap_perturb"]

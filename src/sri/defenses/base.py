@@ -7,6 +7,7 @@ SRI Guard also reads ``sri``. A defense's ``seconds`` is the wall time it adds o
 
 from __future__ import annotations
 
+import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -39,6 +40,13 @@ class Defense(ABC):
 
     name: ClassVar[str]
     needs_response: ClassVar[bool] = False
+
+    @classmethod
+    def create(cls, adapter: ModelAdapter, **settings: Any) -> Defense:
+        """An instance on ``adapter`` taking from ``settings`` the keyword arguments its constructor accepts
+        (e.g. ``batch_size``, ``quantile``, ``copies``, ``sampler``, ``seed``); the rest are ignored."""
+        params = inspect.signature(cls.__init__).parameters
+        return cls(adapter, **{k: v for k, v in settings.items() if k in params})
 
     def fit(self, benign: Sequence[dict[str, Any]]) -> Defense:
         """Calibrate on benign rows (only defenses with a benign-quantile threshold need it)."""

@@ -24,6 +24,8 @@ QUESTION = ("Classify the following user request.\n\nRequest: {prompt}\n\nAnswer
 
 
 class LLMGuard(Defense):
+    """A chat model as a prompt classifier (LlamaGuard stand-in): P(unsafe) of the user's request."""
+
     name = "llm-guard"
 
     def __init__(self, adapter: ModelAdapter, threshold: float = 0.5, batch_size: int = 8,

@@ -18,6 +18,8 @@ from .base import Defense
 
 
 class PerplexityFilter(Defense):
+    """Flags prompts whose perplexity under the model exceeds the q-quantile of benign prompts'."""
+
     name = "ppl-filter"
 
     def __init__(self, adapter: ModelAdapter, quantile: float = 0.99, batch_size: int = 8,

@@ -19,6 +19,8 @@ QUESTION = ("Here is some text:\n\n{response}\n\nIs this text harmful, dangerous
 
 
 class SelfExamine(Defense):
+    """Asks the model whether its own response is harmful (Self-Examination, Phute et al. 2023)."""
+
     name = "self-examine"
     needs_response = True
 

@@ -34,6 +34,8 @@ def swap_perturb(text: str, q: float, rng: random.Random) -> str:
 
 
 class SmoothLLM(Defense):
+    """Answers several character-perturbed copies and takes the majority (SmoothLLM, Robey et al. 2023)."""
+
     name = "smoothllm"
 
     def __init__(self, adapter: ModelAdapter, copies: int = 6, q: float = 0.1, sampler: Any = None,

@@ -34,6 +34,7 @@ from sklearn.svm import OneClassSVM
 from torch import nn
 
 from ..errors import SriError
+from ..registry import Registry
 
 
 class Detector(ABC):
@@ -285,16 +286,13 @@ class IsolationForestDetector(Detector):
                            "was saved (another scikit-learn version?); refit the guard with `sri guard fit`")
 
 
-DETECTORS: dict[str, type[Detector]] = {
-    d.kind: d for d in (AutoencoderDetector, MahalanobisDetector, IsolationForestDetector, OneClassSVMDetector,
-                        KNNDetector)
-}
+DETECTORS: Registry[type[Detector]] = Registry("detector")
+for _d in (AutoencoderDetector, MahalanobisDetector, IsolationForestDetector, OneClassSVMDetector, KNNDetector):
+    DETECTORS.add(_d.kind, _d)
 
 
 def make_detector(kind: str, seed: int = 0, **params: Any) -> Detector:
-    """A fresh detector of ``kind`` (one of :data:`DETECTORS`)."""
-    if kind not in DETECTORS:
-        raise SriError(f"detector '{kind}' is unknown; use one of {', '.join(DETECTORS)}")
+    """A fresh detector of ``kind`` (one of :data:`DETECTORS`; unknown → a did-you-mean :class:`SriError`)."""
     return DETECTORS[kind](seed=seed, **params)
 
 

@@ -11,6 +11,7 @@ import torch
 from ..assets import MODELS, check_model_folder, model_asset, models_dir
 from ..errors import SriError
 from ..io import check_text
+from ..registry import Registry
 from .adapter import (
     DEFAULT_SYSTEM_PROMPT,
     Family,
@@ -37,7 +38,9 @@ __all__ = ["DEFAULT_SYSTEM_PROMPT", "DIFFUSION_FAMILIES", "DiffusionAdapter", "D
            "prepare_tokenizer", "resolve_model_source"]
 
 #: masked-diffusion families by name; ``--family`` picks one, otherwise the model's config decides
-DIFFUSION_FAMILIES: dict[str, DiffusionFamily] = {f.name: f for f in (LLADA, DREAM, GENERIC)}
+DIFFUSION_FAMILIES: Registry[DiffusionFamily] = Registry("model family")
+for _f in (LLADA, DREAM, GENERIC):
+    DIFFUSION_FAMILIES.add(_f.name, _f)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -212,8 +215,8 @@ def load_diffusion_model(
     made bidirectional. A response ends at the first of ``adapter.stop_token_ids`` (EOS ids, the family's
     end-of-turn tokens, ``stop_tokens``).
     """
-    if family is not None and family not in DIFFUSION_FAMILIES:
-        raise SriError(f"family '{family}' is unknown; use one of {', '.join(DIFFUSION_FAMILIES)}")
+    if family is not None:
+        DIFFUSION_FAMILIES[family]  # unknown → a did-you-mean error before anything loads
     source, is_local = resolve_model_source(spec)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)

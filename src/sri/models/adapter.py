@@ -11,11 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import DEFAULT_SYSTEM_PROMPT
 from ..errors import SriError
 from ..io import check_text
-
-#: The system prompt of the paper's protocol (PAPER.md, "Definitions").
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..registry import Registry
 from .ar import ARConfig, ar_rows, sample_ar
 from .base import GenerationResult, HiddenCapture, StepEvent, StepObserver
 from .diffusion import DiffusionConfig, diffusion_rows, sample_diffusion
@@ -31,10 +32,9 @@ def resolve_sampler(sampler: Any, adapter: Any) -> Any:
     return resolve(adapter) if callable(resolve) else sampler
 
 
-SAMPLERS: dict[str, SamplerKind] = {
-    "ar": SamplerKind(run=sample_ar, rows=ar_rows),
-    "diffusion": SamplerKind(run=sample_diffusion, rows=diffusion_rows),
-}
+SAMPLERS: Registry[SamplerKind] = Registry("sampler kind")
+SAMPLERS.add("ar", SamplerKind(run=sample_ar, rows=ar_rows))
+SAMPLERS.add("diffusion", SamplerKind(run=sample_diffusion, rows=diffusion_rows))
 
 __all__ = ["SAMPLERS", "ARConfig", "DiffusionConfig", "GenerationResult", "HiddenCapture", "SamplerKind",
            "StepEvent", "StepObserver", "resolve_sampler", "sample_ar", "sample_diffusion"]

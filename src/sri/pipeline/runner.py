@@ -1,0 +1,128 @@
+"""``sri run``: the whole pipeline, one numbered stage after another, in one run folder.
+
+Everything is validated (config, prompt files, model names) before the folder is claimed; re-running the same
+command resumes every stage where it stopped; a folder made with another configuration is refused with the
+changed key paths (only ``judge``, ``analysis`` and ``execution`` may change: the judgements are then made
+again and the analysis redone without tracing anything).
+
+With ``samplers: {name: sampler, …}`` (fixed weights, several samplers) the prompt sets and attack prompts are
+built once in the top folder, every sampler gets a complete run in ``samplers/<name>/``, and
+:mod:`sri.comparison` puts them side by side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..data import PromptRecord
+from ..io import check_output_dir, folder_lock
+from . import stages
+from .config import RunConfig, config_text, load_config
+from .context import Run, claim_folder
+
+
+def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progress: bool = True,
+        log: Callable[[str], None] = lambda s: None, overrides: dict[str, Any] | None = None) -> Path:
+    """Run (or resume) the pipeline of ``config`` into ``out`` (default ``results/<name>``); returns the HTML
+    report (``comparison.md`` with several samplers). Raises :class:`~sri.errors.SriError` (one line) for a bad
+    config, missing prompt sets or models, or a folder of another configuration — before writing anything."""
+    if out is not None:
+        check_output_dir(Path(out))
+    if isinstance(config, RunConfig):
+        cfg, text = config, config_text(config)
+    else:
+        cfg, text = load_config(config, overrides)
+    if cfg.execution.threads:
+        import torch
+
+        torch.set_num_threads(cfg.execution.threads)
+    run_dir = Path(out) if out is not None else Path("results") / cfg.name
+    check_output_dir(run_dir)
+    sets = stages.prompts(cfg)  # 1. every prompt set (validated before the folder is claimed)
+    _check_models(cfg)
+    with folder_lock(run_dir):  # one writer per run folder
+        claim_folder(run_dir, cfg, text, log)
+        if cfg.samplers:
+            return _run_samplers(cfg, run_dir, sets, progress, log)
+        return _run_one(cfg, run_dir, sets, progress, log)
+
+
+def _run_one(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptRecord]], progress: bool,
+             log: Callable[[str], None]) -> Path:
+    """Stages 1–10 for one sampler."""
+    run_ = Run(cfg, run_dir, progress, log)
+    with run_.stage(1, "prompts"):
+        stages.write_prompt_sets(run_, sets)
+    with run_.stage(2, "attacks"):
+        sets.update(stages.attacks(run_, sets))
+    run_.release_models(keep_target=True)
+    return _run_from_traces(run_, sets)
+
+
+def _run_from_traces(run_: Run, sets: dict[str, list[PromptRecord]]) -> Path:
+    """Stages 3–10 for one sampler."""
+    t0 = time.perf_counter()
+    with run_.stage(3, "traces"):
+        stores = stages.traces(run_, sets)
+    with run_.stage(4, "judge"):
+        verdicts = stages.judge(run_, stores)
+    with run_.stage(5, "anchors"):
+        anchors = stages.anchors(run_, stores)
+    with run_.stage(6, "signals"):
+        signals = stages.signals(run_, anchors, stores, verdicts)
+    defended = None
+    if run_.cfg.guard is not None:
+        with run_.stage(7, "guard"):
+            guard = stages.guard(run_, anchors, signals)
+        with run_.stage(8, "defenses"):
+            defended = stages.defenses(run_, guard, anchors, stores, signals)
+    with run_.stage(9, "analysis"):
+        stages.analysis(run_, signals, anchors, defended, stores)
+    with run_.stage(10, "report"):
+        report = stages.report(run_, signals, defended)
+    run_.session["wall_s"] = round(time.perf_counter() - t0, 1)
+    run_.session["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run_.save()
+    return report
+
+
+def _run_samplers(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptRecord]], progress: bool,
+                  log: Callable[[str], None]) -> Path:
+    """Fixed weights, several samplers: prompts and attacks once (top folder), then stages 3–10 per sampler in
+    ``samplers/<name>/`` on the same prompts, and the comparison."""
+    from ..comparison import write_comparison
+
+    first = next(iter(cfg.samplers.values()))
+    shared = Run(cfg.model_copy(update={"sampler": first, "samplers": {}}), run_dir, progress, log)
+    with shared.stage(1, "prompts"):
+        stages.write_prompt_sets(shared, sets)
+    with shared.stage(2, "attacks"):
+        sets.update(stages.attacks(shared, sets))
+    shared.release_models()
+    run_dirs = {}
+    for name, spec in cfg.samplers.items():
+        sub_cfg = cfg.model_copy(update={"name": f"{cfg.name}-{name}", "sampler": spec, "samplers": {}})
+        sub_dir = run_dir / "samplers" / name
+        log(f"sampler {name}: {spec.build().params()}")
+        claim_folder(sub_dir, sub_cfg, config_text(sub_cfg), log)
+        sub = Run(sub_cfg, sub_dir, progress, log)
+        sub.prov["skipped_attacks"] = shared.prov.get("skipped_attacks", {})
+        sub.prov["attacks_from"] = str(run_dir / "attacks")
+        if "attack_model" in shared.prov:
+            sub.prov["attack_model"] = shared.prov["attack_model"]
+        _run_from_traces(sub, sets)
+        run_dirs[name] = sub_dir
+    with shared.stage(11, "comparison"):
+        return write_comparison(run_dir, run_dirs, {n: s.model_dump(mode="json") for n, s in cfg.samplers.items()})
+
+
+def _check_models(cfg: RunConfig) -> None:
+    """Every model the run names exists and loads its tokenizer (no weights), before anything is written."""
+    from ..models import check_model
+
+    check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code)
+    for name in dict.fromkeys(m for m in (cfg.attack_model, cfg.attacker, cfg.defenses.llm_guard_model) if m):
+        check_model(name, system_prompt=cfg.system_prompt or None)
