@@ -138,6 +138,9 @@ class ExperimentConfig:
     attack_model: str | None = None  # causal model optimising attacks run against (default: the target)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    # where every tracing stage runs (sri.executors.Execution: backend, workers, gpus_per_worker, address,
+    # max_failed_batches …); not part of the run's identity, so a run may be resumed on another backend
+    execution: dict[str, Any] = field(default_factory=dict)
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -212,6 +215,9 @@ def parse_config(data: Any) -> ExperimentConfig:
     if cfg.judge.hrr_stride <= 0 or cfg.judge.batch_size <= 0:
         raise SriError("config: judge.hrr_stride and judge.batch_size must be positive")
     build_sampler(cfg.sampler)
+    from .executors import Execution
+
+    Execution.from_config(cfg.execution)
     kinds = set()
     for name, spec in cfg.samplers.items():
         if not isinstance(name, str) or not isinstance(spec, dict) or \
@@ -294,6 +300,7 @@ class _Run:
         self._target: Any = None
         self._judge_adapter: Any = None
         self._attack_model: Any = None
+        self._planner: Any = None  # the ray backend's weightless planning adapter
         prov_path = run_dir / "provenance.json"
         self.prov: dict[str, Any] = read_json(prov_path) if prov_path.is_file() else {
             "sri_version": __version__, "created": _now(), "sessions": []}
@@ -385,6 +392,7 @@ class _Run:
 
     # ------------------------------------------------------------------ traces
     def trace(self, name: str, records: list[PromptRecord]) -> TraceStore:
+        from .executors import Execution, ModelSpec, load_for_execution
         from .tracer import trace_prompts
 
         folder = self.dir / "traces" / name
@@ -392,9 +400,26 @@ class _Run:
             store = TraceStore.open(folder)
             if {r.id for r in records} <= store.done_ids():
                 return store
-        return trace_prompts(self.target(), records, folder, sampler=self.sampler, layers=self.cfg.layers,
-                             pooling=self.cfg.pooling, batch_size=self.cfg.batch_size, progress=self.progress,
-                             description=f"{name:>22}")
+        execution = Execution.from_config(self.cfg.execution, log=self.log)
+        if execution.backend == "ray":  # the workers load the model; this process plans from tokenizer and config
+            cfg = self.cfg
+            execution.model = ModelSpec(cfg.model, diffusion=self.sampler.kind == "diffusion", device=cfg.device,
+                                        dtype=cfg.dtype, system_prompt=cfg.system_prompt or None,
+                                        options={"trust_remote_code": cfg.trust_remote_code,
+                                                 "stop_tokens": list(cfg.stop_tokens)})
+            if self._planner is None:
+                self._planner = load_for_execution(execution.model, execution)
+            adapter = self._planner
+        else:
+            adapter = self.target()
+        store = trace_prompts(adapter, records, folder, sampler=self.sampler, layers=self.cfg.layers,
+                              pooling=self.cfg.pooling, batch_size=self.cfg.batch_size, progress=self.progress,
+                              description=f"{name:>22}", execution=execution)
+        failed = getattr(store, "failed_batches", 0)
+        if failed:
+            raise SriError(f"{failed} batch(es) of {name} failed and were skipped; re-run the same command to retry "
+                           "them before the analysis")
+        return store
 
 
 def run_experiment(config: str | Path | ExperimentConfig, out: str | Path | None = None, *, progress: bool = True,
@@ -487,7 +512,7 @@ def _run_pipeline(run: _Run, sets: dict[str, list[PromptRecord]], attack_sets: d
 
 
 #: config sections that only steer cheap stages: changing them reruns those stages instead of refusing the folder
-_RERUNNABLE = ("judge", "analysis")
+_RERUNNABLE = ("judge", "analysis", "execution")
 
 
 def _claim_folder(run_dir: Path, cfg: ExperimentConfig, text: str, log: Callable[[str], None]) -> None:
@@ -500,7 +525,7 @@ def _claim_folder(run_dir: Path, cfg: ExperimentConfig, text: str, log: Callable
         if {k: v for k, v in old.items() if k not in _RERUNNABLE} != \
                 {k: v for k, v in new.items() if k not in _RERUNNABLE}:
             raise SriError(f"{run_dir} holds a run with another configuration ({saved}); use another --out folder "
-                           "or the same config to resume (only 'judge' and 'analysis' may change)")
+                           "or the same config to resume (only 'judge', 'analysis' and 'execution' may change)")
         if old["judge"] != new["judge"]:
             log("judge settings changed: the responses will be judged again")
             shutil.rmtree(run_dir / "judgements", ignore_errors=True)

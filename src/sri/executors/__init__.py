@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import SriError
+from ..models.adapter import DEFAULT_SYSTEM_PROMPT
 
 if TYPE_CHECKING:
     from ..models import ModelAdapter
@@ -54,7 +55,7 @@ class ModelSpec:
     diffusion: bool = False
     device: str = "auto"
     dtype: str = "auto"
-    system_prompt: str | None = None
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     options: dict[str, Any] = field(default_factory=dict)  # trust_remote_code, stop_tokens, family, mask_id …
 
     def load(self, device: str | None = None, dtype: str | None = None) -> ModelAdapter:

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: payload per batch above which a warning says the object store may strain (bytes)
 PAYLOAD_WARN_BYTES = 1 << 30
+#: Ray puts sockets at <temp>/session_<date>_<pid>/sockets/plasma_store (≤ 107 bytes in all)
+_MAX_TMP_BASE = 26
 #: DataContext fields set for a run and restored after it
 _CONTEXT = ("enable_progress_bars", "print_on_execution_start", "max_errored_blocks",
             "max_consecutive_actor_init_deaths")
@@ -107,7 +109,7 @@ class RayExecutor:
 
         items = [{"batch": k, "texts": plan.texts(k)} for k in range(len(plan.batches))]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        lo, hi = ex.workers
+        lo, hi = (min(n, len(items)) for n in ex.workers)  # no idle workers loading the model for nothing
         with warnings.catch_warnings():  # max_restarts/max_task_retries have no named parameter yet (Ray 2.60)
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
             mapped = ds.map_batches(
@@ -205,13 +207,16 @@ def _cluster(ray: Any, ex: Execution) -> Iterator[bool]:
     try:
         if ex.address == "local":
             base = os.environ.get("RAY_TMPDIR") or "/tmp"
+            if len(base) > _MAX_TMP_BASE:
+                raise SriError(f"RAY_TMPDIR {base} is too long for Ray's socket paths (at most {_MAX_TMP_BASE} "
+                               "characters); point it at a short folder such as /tmp")
             tmp = tempfile.mkdtemp(prefix="sri-ray-", dir=base)
             # same machine: workers import this very sri (its source folder goes first on their path)
             ray.init(address="local", num_cpus=ex.num_cpus, num_gpus=None, _temp_dir=tmp,
                      _node_ip_address="127.0.0.1", runtime_env={"env_vars": env}, **common)
         else:
             ray.init(address=ex.address, **common)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except (ConnectionError, RuntimeError, ValueError, OSError) as e:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         raise SriError(f"could not reach a Ray cluster at --ray-address {ex.address} ({_one_line(e)}); start one "
