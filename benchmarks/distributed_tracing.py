@@ -1,7 +1,8 @@
 """Distributed tracing cost: the same prompts through the ``local`` backend and the ``ray`` backend with W workers.
 
-Per run: start-up (cluster + worker model load + first batch, i.e. time to the first shard), steady throughput
-(prompts per second from the first to the last shard), speed-up and efficiency per worker against local, the
+Per run: start-up (cluster + worker model load + first batch: until the first batch finished), steady throughput
+(prompts per second from the first to the last finished batch, timed where the batches ran — the driver receives
+Ray's results in bursts, so its own clock would overstate it), speed-up and efficiency per worker against local, the
 overhead ratio ray(W=1) / local in steady state (target ≥ 0.97), and an equality check of every output (rows but
 for timing, states bit for bit) against the local run.
 
@@ -43,18 +44,20 @@ def timed_run(spec: ModelSpec, execution: Execution, records, out: Path, steps: 
     adapter = load_for_execution(spec, execution)
     plan = plan_trace(adapter, records, out, sampler=ARConfig(steps=steps, ignore_eos=True), batch_size=batch)
     executor = make_executor(execution)
-    stamps: list[tuple[float, int]] = []
+    wall0 = time.time() - (time.perf_counter() - t0)
+    stamps: list[tuple[float, int]] = []  # when each batch finished where it ran (worker clock), its size
 
     def outcomes():
         for outcome in executor.run(adapter, plan, ()):
-            stamps.append((time.perf_counter(), len(plan.batches[outcome.batch])))
+            stamps.append((outcome.output.finished, len(plan.batches[outcome.batch])))
             yield outcome
 
     store = write_batches(plan, outcomes(), progress=False)
     total = time.perf_counter() - t0
+    stamps.sort()
     (first, _), (last, _) = stamps[0], stamps[-1]
     after_first = sum(n for _, n in stamps[1:])
-    return {"store": store, "startup": first - t0, "total": total,
+    return {"store": store, "startup": first - wall0, "total": total,
             "steady": after_first / (last - first) if last > first else float("nan"),
             "timings": getattr(executor, "timings", {})}
 

@@ -107,6 +107,7 @@ class BatchOutput:
     timings: dict[str, Any]
     wall: float
     states: dict[int, torch.Tensor]
+    finished: float = 0.0  # time.time() when the batch finished, where it ran (benchmarks; not written)
 
 
 @dataclass
@@ -181,7 +182,7 @@ def run_batch(adapter: ModelAdapter, job: BatchJob, texts: list[str],
     row_fields = result.extra.get("row_fields") or [{} for _ in texts]
     gens = list(kind.rows(adapter, result, job.sampler))
     return BatchOutput(gens=gens, row_fields=list(row_fields), timings=dict(result.timings), wall=wall,
-                       states=states)
+                       states=states, finished=time.time())
 
 
 def batch_rows(plan: TracePlan, batch: int, output: BatchOutput) -> list[dict[str, Any]]:

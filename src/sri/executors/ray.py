@@ -261,7 +261,8 @@ def _extra_settings(meta: dict[str, Any], adapter: ModelAdapter) -> dict[str, An
 def _pack(output: Any) -> bytes:
     states = {layer: t.detach().to("cpu").float().numpy() for layer, t in output.states.items()}
     return pickle.dumps({"gens": output.gens, "row_fields": output.row_fields, "timings": output.timings,
-                         "wall": output.wall, "states": states}, protocol=pickle.HIGHEST_PROTOCOL)
+                         "wall": output.wall, "finished": output.finished, "states": states},
+                        protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _unpack(payload: bytes) -> Any:
@@ -271,7 +272,7 @@ def _unpack(payload: bytes) -> Any:
 
     d = pickle.loads(payload)
     return BatchOutput(gens=d["gens"], row_fields=d["row_fields"], timings=d["timings"], wall=d["wall"],
-                       states={layer: torch.from_numpy(a) for layer, a in d["states"].items()})
+                       finished=d["finished"], states={layer: torch.from_numpy(a) for layer, a in d["states"].items()})
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any], path: str = "") -> str:
