@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .data import PromptRecord
 from .errors import SriError
@@ -84,6 +87,7 @@ def trace_prompts(
     progress: bool = True,
     description: str = "tracing",
     extra_settings: dict[str, Any] | None = None,
+    execution: Any = None,
 ) -> TraceStore:
     """Generate from every prompt, keeping per-step pooled states and texts; skip ids already in ``out``.
 
@@ -93,7 +97,100 @@ def trace_prompts(
     ``extra_settings`` (e.g. the guard used) are recorded with the settings, so a resume must use the same ones.
     The sampler's model-dependent defaults (the diffusion schedule) are resolved for ``adapter`` first, so the
     settings record what ran.
+
+    Three parts: :func:`plan_trace` (everything above, and the length-sorted batches) → an executor that yields
+    finished batches (``execution``, an :class:`sri.executors.Execution`; default: this process, one batch after
+    another) → this process writes each batch with the store. Execution settings are not part of the run's key,
+    so a run may be resumed on another backend. With ``execution.max_failed_batches`` > 0, failing batches are
+    skipped (counted in ``store.failed_batches``; re-running retries them).
     """
+    from .executors import Execution, make_executor
+
+    execution = execution or Execution()
+    plan = plan_trace(adapter, records, out, sampler=sampler, layers=layers, pooling=pooling,
+                      batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, extra_settings=extra_settings)
+    executor = make_executor(execution)
+    outcomes = executor.run(adapter, plan, observers)
+    return write_batches(plan, outcomes, max_failed=execution.max_failed_batches, progress=progress,
+                         description=description, log=execution.log)
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """What a process needs, besides the model, to run any batch of a plan (picklable: shipped to workers)."""
+
+    sampler: Any
+    layer_ids: list[int]
+    pooling: str
+
+
+@dataclass
+class TracePlan:
+    """A planned trace: the store to write, every prompt rendered and counted, and the batches still to run
+    (indices into ``records``, length-sorted, ``batch_size`` each — exactly the local tracer's batches)."""
+
+    store: TraceStore
+    meta: dict[str, Any]  # key, settings, model and pooling as computed now (the store may hold older ones)
+    records: Sequence[PromptRecord]
+    rendered: list[str]
+    lengths: list[int]
+    job: BatchJob
+    batches: list[list[int]]
+
+    def texts(self, batch: int) -> list[str]:
+        return [self.rendered[i] for i in self.batches[batch]]
+
+
+@dataclass
+class BatchOutput:
+    """One finished batch: per-row generation fields and observer fields, timings and pooled states."""
+
+    gens: list[dict[str, Any]]
+    row_fields: list[dict[str, Any]]
+    timings: dict[str, Any]
+    wall: float
+    states: dict[int, torch.Tensor]
+    finished: float = 0.0  # time.time() when the batch finished, where it ran (benchmarks; not written)
+
+
+@dataclass
+class BatchOutcome:
+    """What an executor yields per batch: its output, or the error that stopped it (``exc`` when local)."""
+
+    batch: int
+    output: BatchOutput | None = None
+    error: str | None = None
+    exc: BaseException | None = None
+
+
+def trace_meta(adapter: ModelAdapter, sampler: Any, layer_ids: list[int], conv: Any, layers: str | list[int],
+               extra_settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The run.json sections that describe what ran (a Ray worker recomputes them to check its model)."""
+    return {
+        "key": trace_key(adapter, sampler, layer_ids, conv.name),
+        "settings": {"sampler": sampler.params(), "system_prompt": adapter.system_prompt,
+                     "stop_token_ids": adapter.stop_token_ids,
+                     "dtype": str(adapter.dtype).removeprefix("torch."), "layers_requested": str(layers),
+                     **_model_conventions(adapter, sampler), **(extra_settings or {})},
+        "model": adapter.describe(),
+        "pooling": {"name": conv.name, "description": conv.description, "after_end": conv.after_end},
+    }
+
+
+def plan_trace(
+    adapter: ModelAdapter,
+    records: Sequence[PromptRecord],
+    out: str | Path,
+    *,
+    sampler: Any = None,
+    layers: str | list[int] = "final",
+    pooling: str | None = None,
+    batch_size: int = 8,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    extra_settings: dict[str, Any] | None = None,
+) -> TracePlan:
+    """Render, check lengths, create (or reopen) the store and batch the prompts not yet done. Needs the
+    adapter's tokenizer, config and identity only, not its weights."""
     sampler = sampler or ARConfig()
     if sampler.kind == "diffusion" and adapter.family.kind == "masked-diffusion":
         sampler = resolve_sampler(sampler, adapter)
@@ -105,42 +202,88 @@ def trace_prompts(
     lengths = [adapter.count_tokens(text) for text in rendered]
     _check_lengths(adapter, records, lengths, max_prompt_tokens, _generation_length(sampler))
 
-    meta = {
-        "key": trace_key(adapter, sampler, layer_ids, conv.name),
-        "settings": {"sampler": sampler.params(), "system_prompt": adapter.system_prompt,
-                     "stop_token_ids": adapter.stop_token_ids,
-                     "dtype": str(adapter.dtype).removeprefix("torch."), "layers_requested": str(layers),
-                     **_model_conventions(adapter, sampler), **(extra_settings or {})},
-        "model": adapter.describe(),
-        "pooling": {"name": conv.name, "description": conv.description, "after_end": conv.after_end},
-    }
+    meta = trace_meta(adapter, sampler, layer_ids, conv, layers, extra_settings)
     store = TraceStore.create(out, meta)
     done = store.done_ids()
     pending = sorted((i for i, r in enumerate(records) if r.id not in done), key=lambda i: lengths[i])
-    kind = SAMPLERS[sampler.kind]
+    batches = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
+    return TracePlan(store=store, meta=meta, records=records, rendered=rendered, lengths=lengths,
+                     job=BatchJob(sampler=sampler, layer_ids=layer_ids, pooling=conv.name), batches=batches)
 
+
+def run_batch(adapter: ModelAdapter, job: BatchJob, texts: list[str],
+              observers: Sequence[StepObserver] = ()) -> BatchOutput:
+    """Generate from one batch of rendered prompts (the same code on every backend)."""
+    kind = SAMPLERS[job.sampler.kind]
+    conv = get_pooling(job.pooling, job.sampler.kind)
+    collector = StateCollector(job.layer_ids)
+    input_ids, mask = adapter.encode(texts)
+    t0 = time.perf_counter()
+    result = kind.run(adapter, input_ids, mask, job.sampler, job.layer_ids, [collector, *observers], conv.name)
+    wall = time.perf_counter() - t0
+    states = collector.pooled(result.end_step, job.sampler.steps, conv)
+    row_fields = result.extra.get("row_fields") or [{} for _ in texts]
+    gens = list(kind.rows(adapter, result, job.sampler))
+    return BatchOutput(gens=gens, row_fields=list(row_fields), timings=dict(result.timings), wall=wall,
+                       states=states, finished=time.time())
+
+
+def batch_rows(plan: TracePlan, batch: int, output: BatchOutput) -> list[dict[str, Any]]:
+    """The store rows of one finished batch, in tensor order."""
+    idx = plan.batches[batch]
+    rows = []
+    for j, (i, gen) in enumerate(zip(idx, output.gens, strict=True)):
+        rec = plan.records[i]
+        rows.append({
+            "id": rec.id, "label": rec.label, "source": rec.source, "prompt": rec.prompt,
+            "rendered_prompt": plan.rendered[i], "num_prompt_tokens": plan.lengths[i], **gen,
+            "timing": {**output.timings, "wall_s": output.wall, "batch_size": len(idx), "batch_row": j},
+            "meta": rec.meta, **output.row_fields[j],
+        })
+    return rows
+
+
+def write_batches(plan: TracePlan, outcomes: Iterator[BatchOutcome], *, max_failed: int = 0,
+                  progress: bool = True, description: str = "tracing",
+                  log: Callable[[str], None] | None = None) -> TraceStore:
+    """Write each finished batch as one shard, in the order the executor yields them (the only writer).
+
+    A failed batch stops the run (its exception, or a one-line error for a remote one; written shards are kept)
+    unless fewer than ``max_failed`` + 1 batches have failed, in which case it is skipped and counted."""
+    store, records = plan.store, plan.records
+    failed: list[int] = []
+    written = 0
     with progress_bar(description, total=len(records), enabled=progress) as advance:
-        advance(len(records) - len(pending))
-        for start in range(0, len(pending), batch_size):
-            idx = pending[start:start + batch_size]
-            collector = StateCollector(layer_ids)
-            input_ids, mask = adapter.encode([rendered[i] for i in idx])
-            t0 = time.perf_counter()
-            result = kind.run(adapter, input_ids, mask, sampler, layer_ids, [collector, *observers], conv.name)
-            wall = time.perf_counter() - t0
-            states = collector.pooled(result.end_step, sampler.steps, conv)
-            row_fields = result.extra.get("row_fields") or [{} for _ in idx]
-            rows = []
-            for j, (i, gen) in enumerate(zip(idx, kind.rows(adapter, result, sampler), strict=True)):
-                rec = records[i]
-                rows.append({
-                    "id": rec.id, "label": rec.label, "source": rec.source, "prompt": rec.prompt,
-                    "rendered_prompt": rendered[i], "num_prompt_tokens": lengths[i], **gen,
-                    "timing": {**result.timings, "wall_s": wall, "batch_size": len(idx), "batch_row": j},
-                    "meta": rec.meta, **row_fields[j],
-                })
-            store.append(rows, states)
-            advance(len(idx))
+        advance(len(records) - sum(len(b) for b in plan.batches))
+        try:
+            for outcome in outcomes:
+                idx = plan.batches[outcome.batch]
+                if outcome.output is None:
+                    failed.append(outcome.batch)
+                    if len(failed) > max_failed:
+                        if outcome.exc is not None:
+                            raise outcome.exc
+                        raise SriError(
+                            f"batch {outcome.batch + 1}/{len(plan.batches)} ({len(idx)} prompts, first id "
+                            f"'{records[idx[0]].id}') failed: {outcome.error}; the {written} shard(s) written in "
+                            "this session are kept — re-run the same command to resume, or let failing batches "
+                            "be skipped with --max-failed-batches")
+                    if log:
+                        log(f"batch {outcome.batch + 1}/{len(plan.batches)} failed and is skipped "
+                            f"({len(failed)}/{max_failed} allowed): {outcome.error}")
+                    advance(len(idx))
+                    continue
+                store.append(batch_rows(plan, outcome.batch, outcome.output), outcome.output.states)
+                written += 1
+                advance(len(idx))
+        finally:
+            close = getattr(outcomes, "close", None)
+            if close is not None:
+                close()
+    store.failed_batches = len(failed)  # type: ignore[attr-defined]
+    if failed and log:
+        n = sum(len(plan.batches[b]) for b in failed)
+        log(f"{len(failed)} batch(es) ({n} prompts) failed and were skipped; re-run the same command to retry them")
     return store
 
 

@@ -134,15 +134,26 @@ def trace(
     guard: Annotated[Path | None, typer.Option(help="Guard folder (`sri guard fit`): flag and stop sequences "
                                                      "while generating; verdicts go into the rows.")] = None,
     guard_stop: Annotated[bool, typer.Option(help="Stop flagged sequences (--no-guard-stop: only flag).")] = True,
+    backend: Annotated[str, typer.Option(
+        help="local (this process) | ray (a Ray Data actor pool; needs `pip install 'sri[ray]'`).")] = "local",
+    workers: Annotated[str, typer.Option(
+        help="ray: workers, N or MIN-MAX (autoscaling); each loads the model once.")] = "1",
+    gpus_per_worker: Annotated[float, typer.Option(help="ray: GPUs per worker (0: CPU workers).")] = 0.0,
+    ray_address: Annotated[str, typer.Option(
+        help="ray: local (a private cluster on this machine, shut down after) | auto (the `ray start` cluster "
+             "here) | HOST:PORT.")] = "local",
+    max_failed_batches: Annotated[int, typer.Option(
+        help="Skip up to K failing batches instead of stopping (re-running retries them).")] = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Generate step by step and store per-step pooled hidden states and texts."""
     from ..data import load_prompts
-
-    check_output_dir(out_dir)
+    from ..executors import Execution, ModelSpec
     from ..sampling import ARConfig, DiffusionConfig
     from ..tracer import trace_prompts
+
+    check_output_dir(out_dir)
 
     diffusion_opts = {"--remasking": remasking, "--gen-length": gen_length, "--block-length": block_length,
                       "--cfg-scale": cfg_scale, "--family": family, "--mask-id": mask_id,
@@ -182,7 +193,25 @@ def trace(
     else:
         raise SriError(f"sampler '{sampler}' is unknown; use ar, diffusion or diffusion-ar")
     records = load_prompts(prompts, label=label, max_prompts=max_prompts)
-    adapter = load_adapter(model, device, dtype, system_prompt, stop_tokens=stop_token or (), **model_options)
+    execution = Execution(backend=backend, workers=workers, gpus_per_worker=gpus_per_worker, address=ray_address,
+                          max_failed_batches=max_failed_batches,
+                          log=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
+    if backend == "ray":
+        if guard is not None:
+            raise SriError("--guard runs with --backend local only for now; drop --guard or --backend ray")
+        from ..executors import load_for_execution
+        from ..executors.ray import import_ray
+
+        import_ray()  # a missing extra fails before anything is loaded
+        diffusion = bool(model_options.pop("diffusion", False))
+        execution.model = ModelSpec(model, diffusion=diffusion, device=device, dtype=dtype,
+                                    system_prompt=system_prompt or None,
+                                    options={**model_options, "stop_tokens": list(stop_token or ())})
+        quiet_transformers()
+        with err.status(f"reading {model} (tokenizer and config; the workers load the weights) …"):
+            adapter = load_for_execution(execution.model, execution)
+    else:
+        adapter = load_adapter(model, device, dtype, system_prompt, stop_tokens=stop_token or (), **model_options)
     observers, extra = [], None
     if guard is not None:
         from ..guard.streaming import attach_guard
@@ -190,9 +219,12 @@ def trace(
         observers, extra = attach_guard(guard, adapter, config, layers, pooling, guard_stop)
     store = trace_prompts(adapter, records, out_dir, sampler=config, layers=layers, pooling=pooling,
                           batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, observers=observers,
-                          extra_settings=extra)
+                          extra_settings=extra, execution=execution)
+    failed = getattr(store, "failed_batches", 0)
     err.print(f"[green]{len(store)} traces[/] in {out_dir} (sampler {store.key['sampler']}, layers {store.layers}, "
               f"pooling {store.key['pooling']})")
+    if failed:  # the tracer said which and how many; exit 3 tells scripts the folder is not complete
+        raise typer.Exit(3)
     if guard is not None:
         flagged = [r for r in store.rows() if r.get("guard", {}).get("flagged")]
         stopped = sum(r["guard"]["stop_step"] is not None for r in flagged)

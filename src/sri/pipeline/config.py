@@ -253,10 +253,23 @@ class Analysis(Section):
         return v
 
 
-class Execution(Section):
-    """How traces are computed; not part of the run's identity (a run may resume under other settings)."""
+class ExecutionSection(Section):
+    """Where and how traces are computed (:class:`sri.executors.Execution`); not part of the run's identity, so a
+    run started locally may be resumed on Ray and vice versa."""
 
-    threads: PositiveInt | None = None  # torch CPU threads (1 is fastest on a busy 2-core machine)
+    backend: Literal["local", "ray"] = "local"
+    workers: Annotated[str, Field(pattern=r"^\d+(-\d+)?$")] | PositiveInt = 1  # N or MIN-MAX (ray)
+    gpus_per_worker: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    address: str = "local"  # local (a private cluster) | auto | HOST:PORT
+    max_failed_batches: Annotated[int, Field(ge=0)] = 0
+    max_retries: Annotated[int, Field(ge=0)] = 2
+    num_cpus: PositiveInt | None = None  # CPUs of a private local cluster (default: all)
+    threads: PositiveInt | None = None  # torch CPU threads of this process (1 is fastest on a busy 2-core machine)
+
+    def build(self, log: Any = None) -> Any:
+        from ..executors import Execution
+
+        return Execution.from_config(self.model_dump(exclude={"threads"}), log=log)
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -285,7 +298,7 @@ class RunConfig(Section):
     guard: GuardSection | None = None
     defenses: Defenses = Defenses()
     analysis: Analysis = Analysis()
-    execution: Execution = Execution()
+    execution: ExecutionSection = ExecutionSection()
 
     @field_validator("pooling")
     @classmethod

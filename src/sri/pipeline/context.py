@@ -67,6 +67,7 @@ class Run:
         self._target: Any = None
         self._judge_adapter: Any = None
         self._attack_model: Any = None
+        self._planner: Any = None  # the ray backend's weightless planning adapter
         prov_path = run_dir / "provenance.json"
         self.prov: dict[str, Any] = read_json(prov_path) if prov_path.is_file() else {
             "sri_version": __version__, "created": _now(), "sessions": []}
@@ -162,7 +163,10 @@ class Run:
 
     # ------------------------------------------------------------------ traces
     def trace(self, name: str, records: list[PromptRecord]) -> TraceStore:
-        """Trace ``records`` into ``traces/<name>/`` (resumes; a finished folder loads no model)."""
+        """Trace ``records`` into ``traces/<name>/`` (resumes; a finished folder loads no model) with the run's
+        ``execution`` backend. Raises :class:`SriError` if batches failed and were skipped (re-running retries
+        them)."""
+        from ..executors import ModelSpec, load_for_execution
         from ..tracer import trace_prompts
 
         folder = self.dir / "traces" / name
@@ -170,9 +174,26 @@ class Run:
             store = TraceStore.open(folder)
             if {r.id for r in records} <= store.done_ids():
                 return store
-        return trace_prompts(self.target(), records, folder, sampler=self.sampler, layers=self.cfg.layers,
-                             pooling=self.cfg.pooling, batch_size=self.cfg.batch_size, progress=self.progress,
-                             description=f"{name:>24}")
+        execution = self.cfg.execution.build(log=self.log)
+        if execution.backend == "ray":  # the workers load the model; this process plans from tokenizer and config
+            cfg = self.cfg
+            execution.model = ModelSpec(cfg.model, diffusion=self.sampler.kind == "diffusion", device=cfg.device,
+                                        dtype=cfg.dtype, system_prompt=cfg.system_prompt or None,
+                                        options={"trust_remote_code": cfg.trust_remote_code,
+                                                 "stop_tokens": list(cfg.stop_tokens)})
+            if self._planner is None:
+                self._planner = load_for_execution(execution.model, execution)
+            adapter = self._planner
+        else:
+            adapter = self.target()
+        store = trace_prompts(adapter, records, folder, sampler=self.sampler, layers=self.cfg.layers,
+                              pooling=self.cfg.pooling, batch_size=self.cfg.batch_size, progress=self.progress,
+                              description=f"{name:>24}", execution=execution)
+        failed = getattr(store, "failed_batches", 0)
+        if failed:
+            raise SriError(f"{failed} batch(es) of {name} failed and were skipped; re-run the same command to retry "
+                           "them before the analysis")
+        return store
 
 
 def _now() -> str:
