@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sri.data import load_prompts
+from sri.data.prompts import load_prompts
 from sri.models import load_model
 from sri.pooling import POOLINGS, StateCollector
 from sri.sampling import ARConfig, sample_ar

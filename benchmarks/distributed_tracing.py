@@ -32,11 +32,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sri.data import load_prompts
-from sri.executors import Execution, ModelSpec, load_for_execution, make_executor
+from sri.data.prompts import load_prompts
 from sri.sampling import ARConfig
-from sri.trace import TraceStore
-from sri.tracer import plan_trace, write_batches
+from sri.tracing.executors import Execution, ModelSpec, load_for_execution, make_executor
+from sri.tracing.store import TraceStore
+from sri.tracing.tracer import plan_trace, write_batches
 
 
 def timed_run(spec: ModelSpec, execution: Execution, records, out: Path, steps: int, batch: int) -> dict:

@@ -35,7 +35,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sri.data import load_prompts
+from sri.data.prompts import load_prompts
 from sri.defenses import PerplexityFilter
 from sri.guard import Guard, GuardedGeneration, GuardObserver, fit_guard
 from sri.io import write_json
@@ -44,7 +44,7 @@ from sri.pooling import POOLINGS, StateCollector
 from sri.sampling import ARConfig, sample_ar
 from sri.sampling.base import HiddenCapture
 from sri.signal import Anchors, compute_signals, sri_signal
-from sri.tracer import trace_prompts
+from sri.tracing.tracer import trace_prompts
 
 
 def timing_guards(adapter, steps: int, detector: str, folder: Path, every: list[int]) -> dict[str, Guard]:

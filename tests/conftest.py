@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sri.assets import MODELS, data_dir
+from sri.data.assets import MODELS, data_dir
 
 
 @pytest.fixture(scope="module")

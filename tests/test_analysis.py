@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from sri.analysis import (
+from sri.errors import SriError
+from sri.stats.recovery import (
     analyze_signals,
     bootstrap,
     conditional_share,
@@ -17,7 +18,6 @@ from sri.analysis import (
     share,
     step_verdicts,
 )
-from sri.errors import SriError
 
 # five hand-built signals over T = 5 steps
 SIGNALS = np.array([

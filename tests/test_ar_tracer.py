@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from sri.data import PromptRecord
+from sri.data.prompts import PromptRecord
 from sri.errors import SriError
 from sri.pooling import POOLINGS, StateCollector
 from sri.sampling import ARConfig, StepObserver, sample_ar
-from sri.trace import TraceStore
-from sri.tracer import trace_prompts
+from sri.tracing.store import TraceStore
+from sri.tracing.tracer import trace_prompts
 
 PROMPTS = ["hi", "Tell me a story about a cat", "x", "What is two plus two?"]
 
@@ -160,8 +160,7 @@ def test_trace_row_contents(tiny_llama, tmp_path) -> None:
 def test_stop_tokens_end_generation_and_are_recorded(tiny_llama_dir, tmp_path, capsys) -> None:
     """``--stop-token`` (string or id) ends a response like EOS, and every stop id goes into run.json."""
     from sri.models import load_model
-
-    from .cli_helpers import run_cli
+    from tests.cli_helpers import run_cli
 
     plain = load_model(str(tiny_llama_dir), device="cpu", dtype="fp32")
     ids, mask = _encode(plain, ["hello there"])

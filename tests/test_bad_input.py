@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sri.data import PromptRecord
+from sri.data.prompts import PromptRecord
 from sri.sampling import ARConfig
 from sri.signal import Anchors
-from sri.tracer import trace_key, trace_prompts
-
-from .cli_helpers import run_cli
+from sri.tracing.tracer import trace_key, trace_prompts
+from tests.cli_helpers import run_cli
 
 
 def _fails_cleanly(args: list[str], capsys, match: str, must_not_exist: Path | None = None) -> None:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from sri.assets import DATASETS
-from sri.data import PromptRecord, fill_template, load_prompts, load_template, wrap_records
+from sri.data.assets import DATASETS
+from sri.data.prompts import PromptRecord, fill_template, load_prompts, load_template, wrap_records
 from sri.errors import SriError
 from sri.io import read_jsonl
 

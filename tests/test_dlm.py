@@ -17,8 +17,7 @@ from sri.errors import SriError
 from sri.models import load_diffusion_model, load_model
 from sri.models.tiny import build_tiny_causal_lm
 from sri.sampling.diffusion import DiffusionConfig, diffusion_rows, sample_diffusion
-
-from .cli_helpers import run_cli
+from tests.cli_helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -226,9 +225,9 @@ def test_stopping_decided_rows_changes_no_response(trained) -> None:
 
 # --------------------------------------------------------------------------------------------- data
 def test_split_keeps_evaluation_prompts_out_of_training(offline_data) -> None:
-    from sri.data import load_prompts
+    from sri.data.prompts import load_prompts
     from sri.dlm import splits
-    from sri.judges import normalise
+    from sri.judges.keyword import normalise
 
     held = splits.heldout_texts()
     for name, n in splits.HELDOUT.items():
@@ -247,7 +246,7 @@ def test_split_keeps_evaluation_prompts_out_of_training(offline_data) -> None:
 
 
 def test_training_records_and_distillation_rules(offline_data) -> None:
-    from sri.data import PromptRecord
+    from sri.data.prompts import PromptRecord
     from sri.dlm import splits
     from sri.dlm.data import (
         REPHRASINGS,
@@ -258,7 +257,7 @@ def test_training_records_and_distillation_rules(offline_data) -> None:
         training_records,
         whole_sentences,
     )
-    from sri.judges import normalise
+    from sri.judges.keyword import normalise
 
     spec = DistillSpec(n_harmless=4, n_harmful=9)
     records = training_records(spec)

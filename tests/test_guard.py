@@ -8,8 +8,7 @@ import pytest
 from sri.errors import IncompatibleError, SriError
 from sri.guard import DETECTORS, Guard, fit_guard, make_detector
 from sri.guard.detectors import IsolationForestDetector
-
-from .cli_helpers import run_cli
+from tests.cli_helpers import run_cli
 
 T = 16
 KEY = {"model": "m", "fingerprint": "fp-1", "hidden_size": 8, "sampler": "ar", "steps": T, "pooling": "producing",

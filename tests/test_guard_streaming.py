@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from sri.data import PromptRecord
+from sri.data.prompts import PromptRecord
 from sri.errors import IncompatibleError
 from sri.guard import Guard, GuardedGeneration, GuardObserver, StepAnchors, fit_guard, make_detector, replay
 from sri.pooling import POOLINGS, StateCollector, pool_steps
 from sri.sampling import ARConfig, StepEvent, sample_ar
 from sri.signal import Anchors, compute_signals, sri_signal
-from sri.trace import TraceStore
-from sri.tracer import trace_prompts
-
-from .cli_helpers import run_cli
+from sri.tracing.store import TraceStore
+from sri.tracing.tracer import trace_prompts
+from tests.cli_helpers import run_cli
 
 T = 8
 WORDS = ["cat", "dog", "sun", "tree", "car", "book", "red", "blue", "fish", "moon", "rain", "snow"]

@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sri.data import PromptRecord, load_prompts
+from sri.data.prompts import PromptRecord, load_prompts
 from sri.sampling import ARConfig
 from sri.signal import compute_signals, fit_anchors
-from sri.tracer import trace_prompts
-
-from .cli_helpers import run_cli
+from sri.tracing.tracer import trace_prompts
+from tests.cli_helpers import run_cli
 
 HARMLESS = ["What is the capital of France?", "Give me a tip for sleeping better.", "Name three primary colours."]
 # SmolLM2 almost never refuses real harmful requests; these make it write a Table-12 phrase, which is all the

@@ -1,6 +1,6 @@
 import pytest
 
-from sri.judges import REFUSAL_PHRASES, is_refusal, keyword_verdict, normalise, text_step_signal
+from sri.judges.keyword import REFUSAL_PHRASES, is_refusal, keyword_verdict, normalise, text_step_signal
 
 
 @pytest.mark.parametrize(
@@ -86,10 +86,10 @@ def test_text_step_signal_uses_the_end_step() -> None:
 def test_signals_use_each_traces_end_step(tiny_llama, tmp_path) -> None:
     import torch
 
-    from sri.data import PromptRecord
+    from sri.data.prompts import PromptRecord
     from sri.sampling import ARConfig
     from sri.signal import Anchors, compute_signals
-    from sri.tracer import trace_key, trace_prompts
+    from sri.tracing.tracer import trace_key, trace_prompts
 
     sampler = ARConfig(steps=8)
     store = trace_prompts(tiny_llama, [PromptRecord(id="a", prompt="hi")], tmp_path / "t", sampler=sampler,

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sri.data import PromptRecord
+from sri.data.prompts import PromptRecord
 from sri.errors import IncompatibleError
 from sri.sampling import ARConfig, DiffusionConfig
 from sri.signal import Anchors, compute_signals
-from sri.trace import KEY_FIELDS, TraceStore, check_compatible
-from sri.tracer import trace_key, trace_prompts
-
-from .cli_helpers import run_cli
+from sri.tracing.store import KEY_FIELDS, TraceStore, check_compatible
+from sri.tracing.tracer import trace_key, trace_prompts
+from tests.cli_helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

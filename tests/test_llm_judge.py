@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from sri.chat import next_token_logprobs, prefixed_next_token_logprobs
 from sri.errors import SriError
-from sri.judges import is_refusal
-from sri.llm_judge import LLMJudge, agreement, best_threshold, calibrate, split_halves
+from sri.judges.keyword import is_refusal
+from sri.judges.llm import LLMJudge, agreement, best_threshold, calibrate, split_halves
+from sri.models.chat import next_token_logprobs, prefixed_next_token_logprobs
 
 # a small labelled fixture: (response, human says refused)
 LABELLED = [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sri.errors import SriError
-from sri.metrics import (
+from sri.stats.metrics import (
     attack_success_rate,
     auroc,
     blocked,

@@ -16,9 +16,8 @@ from sri.pipeline.stages import prompts
 from sri.registry import Registry, UnknownNameError
 from sri.sampling import ARConfig
 from sri.signal import Anchors
-from sri.tracer import trace_key
-
-from .cli_helpers import run_cli
+from sri.tracing.tracer import trace_key
+from tests.cli_helpers import run_cli
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sri.data import PromptRecord
+from sri.data.prompts import PromptRecord
 from sri.errors import SriError
-from sri.executors import Execution, ModelSpec, load_for_execution, parse_workers
 from sri.sampling import ARConfig, StepObserver
-from sri.trace import TraceStore
-from sri.tracer import trace_prompts
+from sri.tracing.executors import Execution, ModelSpec, load_for_execution, parse_workers
+from sri.tracing.store import TraceStore
+from sri.tracing.tracer import trace_prompts
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make test installs it: .[dev,ray])")
 
@@ -134,7 +134,7 @@ def test_workers_spec_and_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None
     for bad in ("0", "3-1", "x"):
         with pytest.raises(SriError, match="--workers"):
             parse_workers(bad)
-    from sri.executors.ray import import_ray
+    from sri.tracing.executors.ray import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(SriError, match=r"pip install 'sri\[ray\]'"):
@@ -244,7 +244,7 @@ def test_two_writers_on_one_folder(cluster, spec: ModelSpec, tmp_path: Path) -> 
         assert started.exists(), "the first writer never started a batch"
         second = subprocess.run(
             [sys.executable, "-c",
-             "import sys; from sri.tracer import trace_prompts; from sri.models import load_model; "
+             "import sys; from sri.tracing.tracer import trace_prompts; from sri.models import load_model; "
              "from sri.sampling import ARConfig; from test_ray_backend import RECORDS; "
              f"trace_prompts(load_model({spec.name!r}, device='cpu', dtype='fp32'), RECORDS, {str(out)!r}, "
              f"sampler=ARConfig(steps={STEPS}), batch_size={BATCH}, progress=False)"],

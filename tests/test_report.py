@@ -5,10 +5,10 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from sri.analysis import analyze_run
 from sri.errors import SriError
 from sri.io import write_json, write_jsonl
 from sri.report.html import build_report
+from sri.stats.recovery import analyze_run
 
 
 class _Collector(HTMLParser):

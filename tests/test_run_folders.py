@@ -15,16 +15,15 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from sri.data import PromptRecord
+from sri.data.prompts import PromptRecord
 from sri.errors import SriError
 from sri.guard import fit_guard
 from sri.io import write_jsonl
 from sri.sampling import ARConfig
 from sri.signal import Anchors
-from sri.trace import TraceStore
-from sri.tracer import trace_key, trace_prompts
-
-from .cli_helpers import run_cli
+from sri.tracing.store import TraceStore
+from sri.tracing.tracer import trace_key, trace_prompts
+from tests.cli_helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -302,7 +301,7 @@ def test_two_stores_in_one_process_share_the_lock_but_not_across_processes(tiny_
     first = _traces(tiny_llama, tmp_path / "t", ["a", "b"])
     store = TraceStore.create(tmp_path / "t", {k: first.meta[k] for k in ("key", "settings")})
     again = TraceStore.create(tmp_path / "t", {k: first.meta[k] for k in ("key", "settings")})  # re-entrant
-    code = "import sys; from sri.trace import TraceStore; TraceStore.create(sys.argv[1], {})"
+    code = "import sys; from sri.tracing.store import TraceStore; TraceStore.create(sys.argv[1], {})"
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "t")], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert res.returncode != 0 and f"pid {os.getpid()}" in res.stderr, res.stderr

@@ -8,13 +8,13 @@ import pytest
 import yaml
 
 from sri.attacks import AttackContext, run_attack
-from sri.comparison import comparison_markdown
-from sri.data import load_prompts
+from sri.data.prompts import load_prompts
 from sri.errors import SriError
 from sri.io import read_json, read_jsonl
 from sri.models import load_diffusion_model
 from sri.models.tiny import build_tiny_masked_lm, train_tiny_masked_lm
 from sri.pipeline import parse_config, run
+from sri.report.comparison import comparison_markdown
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

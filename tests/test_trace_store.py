@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sri.data import PromptRecord
+from sri.data.prompts import PromptRecord
 from sri.errors import IncompatibleError, SriError
 from sri.sampling import ARConfig, StepObserver
-from sri.trace import TraceStore
-from sri.tracer import trace_prompts
+from sri.tracing.store import TraceStore
+from sri.tracing.tracer import trace_prompts
 
 RECORDS = [PromptRecord(id=f"p{i}", prompt=f"prompt number {i} " + "x" * i) for i in range(7)]
 

@@ -26,8 +26,8 @@ from safetensors.torch import save_file
 from . import __version__
 from .errors import IncompatibleError, SriError
 from .io import atomic_path, check_output_file, write_json
-from .judges import is_refusal, text_step_signal
-from .trace import KEY_FIELDS, TraceStore, check_compatible
+from .judges.keyword import is_refusal, text_step_signal
+from .tracing.store import KEY_FIELDS, TraceStore, check_compatible
 
 TAU = 0.1
 EPS = 1e-8

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from ..data import PromptRecord
+from ..data.prompts import PromptRecord
 from ..errors import SriError
 from .registry import AttackContext, attack_record, behaviour_seed, register_attack
 

@@ -9,7 +9,7 @@ Per behaviour g and iteration k = 1…K::
 
 and the output is the p_k with the highest s_k (the earliest on ties). A behaviour stops early once
 s_k ≥ ``success``. Attacker, target and judge are any local chat models (default: the target plays all three;
-the judge is an :class:`~sri.llm_judge.LLMJudge`). The attacker's reply is seeded with "PROMPT:" so that it
+the judge is an :class:`~sri.judges.llm.LLMJudge`). The attacker's reply is seeded with "PROMPT:" so that it
 writes a prompt; when it refuses or writes nothing usable, the previous prompt is kept (counted in
 ``pair_attacker_refusals``). Sampling is seeded with the context seed and the iteration.
 """
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..chat import generate_texts, render_chat
-from ..data import PromptRecord
+from ..data.prompts import PromptRecord
 from ..errors import SriError
-from ..judges import is_refusal
+from ..judges.keyword import is_refusal
+from ..models.chat import generate_texts, render_chat
 from ..progress import progress_bar
 from .registry import AttackContext, attack_record, register_attack
 
@@ -65,7 +65,7 @@ def pair(records: list[PromptRecord], *, context: AttackContext, iterations: int
     attacker = context.attacker or target
     judge = context.judge
     if judge is None:
-        from ..llm_judge import LLMJudge
+        from ..judges.llm import LLMJudge
 
         judge = LLMJudge(attacker, batch_size=batch_size).scores
     goals = [r.prompt for r in records]

@@ -6,7 +6,7 @@ the log-probability that the response starts with the target string y (default "
 
     J(s) = log p(y | x(s)) = Σ_j log p(y_j | x(s), y_<j)
 
-The part of x(s) before the suffix is run once per behaviour and cached (:class:`~sri.chat.PrefixCache`); each
+The part of x(s) before the suffix is run once per behaviour and cached (:class:`~sri.models.chat.PrefixCache`); each
 candidate costs only its own suffix tokens.
 
 Each iteration proposes ``candidates`` suffixes, each replacing ``change_tokens`` contiguous tokens of the
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..chat import PrefixCache, prefixed_continuation_logprob
-from ..data import PromptRecord
+from ..data.prompts import PromptRecord
 from ..errors import SriError
+from ..models.chat import PrefixCache, prefixed_continuation_logprob
 from ..progress import progress_bar
 from .registry import AttackContext, attack_record, behaviour_seed, register_attack
 

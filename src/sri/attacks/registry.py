@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data import PromptRecord
+from ..data.prompts import PromptRecord
 from ..errors import SriError
 from ..registry import Registry
 

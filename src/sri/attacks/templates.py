@@ -13,8 +13,8 @@ from functools import cache
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from ..assets import dataset_path
-from ..data import PromptRecord, load_template
+from ..data.assets import dataset_path
+from ..data.prompts import PromptRecord, load_template
 from ..errors import SriError
 from ..io import read_jsonl
 from .registry import AttackContext, attack_record, behaviour_seed, register_attack

@@ -44,7 +44,7 @@ def attack(
 ) -> None:
     """Turn harmful behaviours into jailbreak prompts; each output row keeps behavior_id, behavior and attack."""
     from ..attacks import ATTACKS, AttackContext, get_attack, run_attack
-    from ..data import load_prompts
+    from ..data.prompts import load_prompts
     from ..io import write_jsonl
 
     if list_attacks:
@@ -90,8 +90,8 @@ def judge_llm(
 ) -> None:
     """LLM judge of attack success: does each response really do what its request asks?"""
     from ..io import read_jsonl, write_jsonl
-    from ..llm_judge import LLMJudge, default_judge_model
-    from ..trace import TraceStore
+    from ..judges.llm import LLMJudge, default_judge_model
+    from ..tracing.store import TraceStore
 
     check_output_file(out_file, suffix=".jsonl")
     rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
@@ -130,10 +130,10 @@ def judge_calibrate(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Measure the keyword and LLM judges against pyrit's human refusal labels: accuracy and Cohen's κ."""
-    from ..assets import DATASETS, dataset_path
+    from ..data.assets import DATASETS, dataset_path
     from ..io import read_jsonl, write_json
-    from ..judges import is_refusal
-    from ..llm_judge import LLMJudge, calibrate, default_judge_model
+    from ..judges.keyword import is_refusal
+    from ..judges.llm import LLMJudge, calibrate, default_judge_model
 
     if out_file is not None:
         check_output_file(out_file, suffix=".json")
@@ -173,7 +173,7 @@ def analyze(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
     """Recovery metrics (RR, ASR, IRR, incomplete-recovery flags, HRR/FRR) with bootstrap CIs, and LDA."""
-    from ..analysis import LAMBDA_R, analyze_run
+    from ..stats.recovery import LAMBDA_R, analyze_run
 
     _check_run_outputs(run_dir, "analysis.json", "flags.jsonl")
     result = analyze_run(run_dir, lambda_c=lambda_c, lambda_r=lambda_r or list(LAMBDA_R), lambda_dip=lambda_dip,
@@ -194,7 +194,7 @@ def _check_run_outputs(run_dir: Path, *names: str) -> None:
 
 
 def _print_analysis(result: dict[str, Any]) -> None:
-    from ..analysis import Estimate
+    from ..stats.recovery import Estimate
 
     def fmt(d: dict[str, Any] | None, percent: bool = True) -> str:
         return "–" if not d else Estimate(**d).fmt(percent)
@@ -219,7 +219,7 @@ def report(
 
     _check_run_outputs(run_dir, "analysis.json", "flags.jsonl", "report.html", "figures/")
     if not (run_dir / "analysis.json").is_file():
-        from ..analysis import analyze_run
+        from ..stats.recovery import analyze_run
 
         analyze_run(run_dir)
     path = build_report(run_dir, panels=panels)

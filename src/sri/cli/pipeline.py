@@ -139,8 +139,8 @@ def ls(
 
 
 def _registries() -> dict[str, list[tuple[str, str]]]:
-    from ..assets import DATASETS, MODELS
     from ..attacks import ATTACKS
+    from ..data.assets import DATASETS, MODELS
     from ..defenses import DEFENSES
     from ..guard.detectors import DETECTORS
     from ..models import DIFFUSION_FAMILIES

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..judges import is_refusal
+from ..judges.keyword import is_refusal
 from ..models.adapter import ModelAdapter
 from ..pooling import DEFAULT_POOLING
 from ..sampling import SAMPLERS, ARConfig

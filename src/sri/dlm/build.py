@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..assets import DEFAULT_MODEL, models_dir
+from ..data.assets import DEFAULT_MODEL, models_dir
 from ..errors import SriError
 from ..io import read_json, write_json
 from ..models.adapter import DEFAULT_SYSTEM_PROMPT

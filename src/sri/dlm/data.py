@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..assets import sri_home
-from ..data import PromptRecord
+from ..data.assets import sri_home
+from ..data.prompts import PromptRecord
 from ..errors import SriError
 from ..io import read_json, read_jsonl, write_json, write_jsonl
-from ..judges import is_refusal
+from ..judges.keyword import is_refusal
 from ..progress import progress_bar
 from . import splits
 
@@ -272,7 +272,7 @@ def load_pairs(path: str | Path) -> DistilledSet:
     """Your own training pairs instead of a distilled set: JSONL rows with ``prompt`` and ``response`` text
     (optional ``id``, ``label``). Prompts held out for evaluation (:mod:`sri.dlm.splits`) are refused when the
     offline prompt sets are fetched."""
-    from ..assets import data_dir
+    from ..data.assets import data_dir
 
     path = Path(path)
     rows = read_jsonl(path)

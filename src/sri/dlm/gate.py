@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..judges import is_refusal
+from ..judges.keyword import is_refusal
 from ..models.adapter import ModelAdapter
 from ..models.masked import DiffusionAdapter
 from ..progress import progress_bar

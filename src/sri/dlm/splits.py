@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..data import PromptRecord, load_prompts
+from ..data.prompts import PromptRecord, load_prompts
 from ..errors import SriError
-from ..judges import normalise
+from ..judges.keyword import normalise
 
 SPLIT_SEED = 0
 #: dataset → how many prompts at the head of its seed-0 shuffle are held out for evaluation

@@ -33,7 +33,7 @@ from .. import __version__
 from ..errors import IncompatibleError, SriError
 from ..io import atomic_path, check_output_dir, read_json, write_json
 from ..signal import Anchors
-from ..trace import KEY_FIELDS, check_compatible
+from ..tracing.store import KEY_FIELDS, check_compatible
 from .detectors import Detector, make_detector
 
 GUARD_FORMAT = "sri-guard/1"
@@ -88,7 +88,7 @@ class Guard:
     # ------------------------------------------------------------------------------------------ checks
     def check_key(self, key: dict[str, Any], what: str = "signals") -> None:
         """One-line :class:`IncompatibleError` if ``key`` differs from the guard's in a key field
-        (:data:`sri.trace.KEY_FIELDS`) or the layer."""
+        (:data:`sri.tracing.store.KEY_FIELDS`) or the layer."""
         check_compatible(key, self.key, what, "the guard", SIGNAL_KEY_FIELDS)
 
     # ------------------------------------------------------------------------------------------ offline use

@@ -200,10 +200,10 @@ class GuardObserver(StepObserver):
         self.signals = torch.zeros(0)
 
     def check_compatible(self, adapter: ModelAdapter, sampler: Any, pooling: str, layers: list[int]) -> None:
-        """One-line errors unless the run matches the guard's key (:data:`sri.trace.KEY_FIELDS`) and captures its
-        layer."""
-        from ..trace import check_compatible
-        from ..tracer import trace_key
+        """One-line errors unless the run matches the guard's key (:data:`sri.tracing.store.KEY_FIELDS`) and
+        captures its layer."""
+        from ..tracing.store import check_compatible
+        from ..tracing.tracer import trace_key
 
         check_compatible(trace_key(adapter, sampler, layers, pooling), self.guard.key, "this run", "the guard")
         if self.layer not in layers:

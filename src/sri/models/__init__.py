@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..assets import MODELS, check_model_folder, model_asset, models_dir
+from ..data.assets import MODELS, check_model_folder, model_asset, models_dir
 from ..errors import SriError
 from ..io import check_text
 from ..registry import Registry
@@ -52,7 +52,7 @@ def resolve_model_source(spec: str) -> tuple[str, bool]:
     ``$SRI_HOME/models`` (``sri dlm build``), a folder or a Hub id; one-line errors otherwise.
 
     Local folders are checked before anything loads: a converted offline model must match its manifest
-    (presence and size of every file, :func:`sri.assets.check_model_folder`), and the weights must be
+    (presence and size of every file, :func:`sri.data.assets.check_model_folder`), and the weights must be
     safetensors (:func:`check_safetensors`)."""
     if spec in MODELS:
         asset = model_asset(spec)

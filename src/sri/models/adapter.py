@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import DEFAULT_SYSTEM_PROMPT
+from ..data.prompts import DEFAULT_SYSTEM_PROMPT
 from ..errors import SriError
 from ..io import check_text
 
@@ -231,7 +231,7 @@ def folder_fingerprint(folder: Path) -> str:
 
     An offline asset (``sri_asset.json``) is ``gguf-sha256:<source GGUF>+manifest:<digest>``: the GGUF it was
     converted from and the content its manifest records (sha256 and size of every file; see
-    :func:`sri.assets.manifest_digest`). The loaders check the folder against that manifest first, so different
+    :func:`sri.data.assets.manifest_digest`). The loaders check the folder against that manifest first, so different
     bytes either fail the check or — with a rewritten manifest — give another fingerprint; they never pass as
     the model the manifest was written for. An asset folder without a readable manifest (an older sri) gets
     ``…+unverified:<folder hash>`` instead, which matches no verified one.
@@ -256,7 +256,7 @@ def folder_fingerprint(folder: Path) -> str:
     plain = h.hexdigest()[:32]
     asset = folder / "sri_asset.json"
     if asset.is_file():
-        from ..assets import manifest_digest, read_manifest
+        from ..data.assets import manifest_digest, read_manifest
 
         gguf = json.loads(asset.read_text(encoding="utf-8"))["gguf_sha256"]
         try:

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ..assets import DEFAULT_MODEL
-from ..data import DEFAULT_SYSTEM_PROMPT
+from ..data.assets import DEFAULT_MODEL
+from ..data.prompts import DEFAULT_SYSTEM_PROMPT
 from ..errors import SriError
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -254,8 +254,8 @@ class Analysis(Section):
 
 
 class ExecutionSection(Section):
-    """Where and how traces are computed (:class:`sri.executors.Execution`); not part of the run's identity, so a
-    run started locally may be resumed on Ray and vice versa."""
+    """Where and how traces are computed (:class:`sri.tracing.executors.Execution`); not part of the run's
+    identity, so a run started locally may be resumed on Ray and vice versa."""
 
     backend: Literal["local", "ray"] = "local"
     workers: Annotated[str, Field(pattern=r"^\d+(-\d+)?$")] | PositiveInt = 1  # N or MIN-MAX (ray)
@@ -267,7 +267,7 @@ class ExecutionSection(Section):
     threads: PositiveInt | None = None  # torch CPU threads of this process (1 is fastest on a busy 2-core machine)
 
     def build(self, log: Any = None) -> Any:
-        from ..executors import Execution
+        from ..tracing.executors import Execution
 
         return Execution.from_config(self.model_dump(exclude={"threads"}), log=log)
 

@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from .. import __version__
-from ..data import PromptRecord
+from ..data.prompts import PromptRecord
 from ..errors import SriError
 from ..io import LOCK_NAME, read_json, read_text, write_json, write_text_atomic
-from ..trace import TraceStore
+from ..tracing.store import TraceStore
 from .config import RunConfig, changed_keys, identity, parse_config
 
 #: what a folder holds after an attempt that failed before computing anything: another config may take it over
@@ -131,7 +131,7 @@ class Run:
         return self.prov.get("model_kind") or self.target().family.kind
 
     def judge_model_name(self) -> str | None:
-        from ..llm_judge import default_judge_model
+        from ..judges.llm import default_judge_model
 
         name = self.cfg.judge.model
         if name.lower() == "none":
@@ -140,7 +140,7 @@ class Run:
 
     def judge(self) -> Any:
         """The LLM judge (loaded once; the target is released first when the judge is another model)."""
-        from ..llm_judge import QUESTION, LLMJudge
+        from ..judges.llm import QUESTION, LLMJudge
 
         name = self.judge_model_name()
         if name is None:
@@ -166,8 +166,8 @@ class Run:
         """Trace ``records`` into ``traces/<name>/`` (resumes; a finished folder loads no model) with the run's
         ``execution`` backend. Raises :class:`SriError` if batches failed and were skipped (re-running retries
         them)."""
-        from ..executors import ModelSpec, load_for_execution
-        from ..tracer import trace_prompts
+        from ..tracing.executors import ModelSpec, load_for_execution
+        from ..tracing.tracer import trace_prompts
 
         folder = self.dir / "traces" / name
         if (folder / "run.json").is_file():

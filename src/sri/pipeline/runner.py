@@ -7,7 +7,7 @@ again and the analysis redone without tracing anything).
 
 With ``samplers: {name: sampler, …}`` (fixed weights, several samplers) the prompt sets and attack prompts are
 built once in the top folder, every sampler gets a complete run in ``samplers/<name>/``, and
-:mod:`sri.comparison` puts them side by side.
+:mod:`sri.report.comparison` puts them side by side.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..data import PromptRecord
+from ..data.prompts import PromptRecord
 from ..io import check_output_dir, folder_lock
 from . import stages
 from .config import RunConfig, config_text, load_config
@@ -93,7 +93,7 @@ def _run_samplers(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptReco
                   log: Callable[[str], None]) -> Path:
     """Fixed weights, several samplers: prompts and attacks once (top folder), then stages 3–10 per sampler in
     ``samplers/<name>/`` on the same prompts, and the comparison."""
-    from ..comparison import write_comparison
+    from ..report.comparison import write_comparison
 
     first = next(iter(cfg.samplers.values()))
     shared = Run(cfg.model_copy(update={"sampler": first, "samplers": {}}), run_dir, progress, log)

@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis import analyze_run, step_verdicts
 from ..attacks import AttackContext, get_attack, run_attack
-from ..data import PromptRecord, load_prompts
+from ..data.prompts import PromptRecord, load_prompts
 from ..errors import SriError
 from ..io import read_json, read_jsonl, write_json, write_jsonl
-from ..judges import normalise
+from ..judges.keyword import normalise
 from ..signal import Anchors, compute_signals, fit_anchors
-from ..trace import TraceStore
+from ..stats.recovery import analyze_run, step_verdicts
+from ..tracing.store import TraceStore
 from .config import PromptSet, RunConfig
 from .context import Run
 

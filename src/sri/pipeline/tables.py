@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..metrics import auroc, blocked, detection_report, rate_with_ci
+from ..stats.metrics import auroc, blocked, detection_report, rate_with_ci
 from .context import Run
 from .stages import CONTROL_SUFFIX, is_attack, test_sets
 

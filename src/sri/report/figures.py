@@ -1,6 +1,6 @@
 """Figures of one analysed run: per-group SRI trajectories, single-prompt panels, attack rates, IRR bars, LDA.
 
-Every function draws from signal rows and/or the analysis dict (:func:`sri.analysis.analyze_signals`) and
+Every function draws from signal rows and/or the analysis dict (:func:`sri.stats.recovery.analyze_signals`) and
 writes one PNG atomically, returning its path.
 """
 
@@ -164,7 +164,7 @@ def irr_bars(analysis: dict[str, Any], out: str | Path, title: str = "Internal r
 
 def sampler_rates(comparison: dict[str, Any], out: str | Path, title: str = "Same weights, different samplers"
                   ) -> Path:
-    """Grouped bars of a :mod:`sri.comparison`: RR (top) and ASR (bottom) per evaluation set, one bar per
+    """Grouped bars of a :mod:`sri.report.comparison`: RR (top) and ASR (bottom) per evaluation set, one bar per
     sampler, with the 95% bootstrap intervals of each sampler's analysis."""
     names = list(comparison["samplers"])
     groups = comparison["groups"]

@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .io import read_json, write_json, write_text_atomic
-from .report.figures import sampler_rates
+from ..io import read_json, write_json, write_text_atomic
+from .figures import sampler_rates
 
 GROUP_ORDER_FIRST = ("harmful",)
 GROUP_ORDER_LAST = ("all attacks",)

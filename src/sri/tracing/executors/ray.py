@@ -27,11 +27,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SriError
+from ...errors import SriError
 
 if TYPE_CHECKING:
-    from ..models import ModelAdapter
-    from ..sampling import StepObserver
+    from ...models import ModelAdapter
+    from ...sampling import StepObserver
     from ..tracer import BatchOutcome, TracePlan
     from . import Execution
 
@@ -162,8 +162,8 @@ class TraceWorker:
 
     def __init__(self, spec: Any, device: str, dtype: str, job: Any, expected: dict[str, Any],
                  observers: list[Any], extra_settings: dict[str, Any] | None) -> None:
-        from ..cli.app import quiet_transformers
-        from ..pooling import get_pooling
+        from ...cli.app import quiet_transformers
+        from ...pooling import get_pooling
         from ..tracer import trace_meta
 
         quiet_transformers()

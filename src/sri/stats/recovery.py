@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from .errors import SriError
-from .io import read_jsonl, write_json, write_jsonl
+from ..errors import SriError
+from ..io import read_jsonl, write_json, write_jsonl
 
 LAMBDA_C = 0.5
 LAMBDA_R = (0.5, 0.3, 0.1)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from .io import check_text
-from .models import ModelAdapter
-from .models.adapter import render_chat_template
-from .sampling import ARConfig, sample_ar
+from ..io import check_text
+from ..sampling import ARConfig, sample_ar
+from . import ModelAdapter
+from .adapter import render_chat_template
 
 #: ``system=ADAPTER_SYSTEM`` keeps the adapter's own system prompt (the paper's "You are a helpful assistant").
 ADAPTER_SYSTEM = object()

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import SriError
+from ..io import read_jsonl, read_text
 from .assets import DATASETS, dataset_path
-from .errors import SriError
-from .io import read_jsonl, read_text
 
 #: The system prompt of the paper's protocol (PAPER.md, "Definitions"), used when rendering every prompt.
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"

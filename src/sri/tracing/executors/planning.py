@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import SriError
+from ...errors import SriError
 
 if TYPE_CHECKING:
-    from ..models import ModelAdapter
+    from ...models import ModelAdapter
     from . import Execution, ModelSpec
 
 
@@ -53,9 +53,9 @@ def on_device(adapter: ModelAdapter, device: torch.device) -> ModelAdapter:
 def _meta_causal(spec: ModelSpec, dtype: str) -> ModelAdapter:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from ..models import ModelAdapter, pick_dtype, resolve_model_source, resolve_stop_ids
-    from ..models.adapter import folder_fingerprint
-    from ..models.causal import CAUSAL_FAMILIES, detect_family
+    from ...models import ModelAdapter, pick_dtype, resolve_model_source, resolve_stop_ids
+    from ...models.adapter import folder_fingerprint
+    from ...models.causal import CAUSAL_FAMILIES, detect_family
 
     trust = bool(spec.options.get("trust_remote_code", False))
     source, is_local = resolve_model_source(spec.name)

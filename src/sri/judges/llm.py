@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 
-from .assets import DEFAULT_MODEL, MODELS
-from .chat import prefixed_next_token_logprobs, render_chat
-from .errors import SriError
-from .models import ModelAdapter
-from .progress import progress_bar
+from ..data.assets import DEFAULT_MODEL, MODELS
+from ..errors import SriError
+from ..models import ModelAdapter
+from ..models.chat import prefixed_next_token_logprobs, render_chat
+from ..progress import progress_bar
 
 #: The judge model used when none is named: the 1.5B coder model if fetched, else the default 0.5B.
 PREFERRED_JUDGE = "qwen2.5-coder-1.5b-instruct"

@@ -22,8 +22,8 @@ import numpy as np
 from scipy.stats import bootstrap
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from .errors import SriError
-from .judges import is_refusal
+from ..errors import SriError
+from ..judges.keyword import is_refusal
 
 CONFIDENCE = 0.95
 RESAMPLES = 1000

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import SriError
-from ..models.adapter import DEFAULT_SYSTEM_PROMPT
+from ...errors import SriError
+from ...models.adapter import DEFAULT_SYSTEM_PROMPT
 
 if TYPE_CHECKING:
-    from ..models import ModelAdapter
-    from ..sampling import StepObserver
+    from ...models import ModelAdapter
+    from ...sampling import StepObserver
     from ..tracer import BatchOutcome, TracePlan
 
 __all__ = ["BACKENDS", "Execution", "Executor", "ModelSpec", "load_for_execution", "make_executor",
@@ -59,7 +59,7 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)  # trust_remote_code, stop_tokens, family, mask_id …
 
     def load(self, device: str | None = None, dtype: str | None = None) -> ModelAdapter:
-        from ..models import load_diffusion_model, load_model
+        from ...models import load_diffusion_model, load_model
 
         loader = load_diffusion_model if self.diffusion else load_model
         return loader(self.name, device=device or self.device, dtype=dtype or self.dtype,

@@ -1,4 +1,4 @@
-"""Trace prompts step by step into a :class:`~sri.trace.TraceStore` (batched, resumable)."""
+"""Trace prompts step by step into a :class:`~sri.tracing.store.TraceStore` (batched, resumable)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from .data import PromptRecord
-from .errors import SriError
-from .models import ModelAdapter
-from .pooling import POOLINGS, StateCollector, get_pooling
-from .progress import progress_bar
-from .sampling import SAMPLERS, ARConfig, StepObserver, resolve_sampler
-from .trace import TraceStore
+from ..data.prompts import PromptRecord
+from ..errors import SriError
+from ..models import ModelAdapter
+from ..pooling import POOLINGS, StateCollector, get_pooling
+from ..progress import progress_bar
+from ..sampling import SAMPLERS, ARConfig, StepObserver, resolve_sampler
+from .store import TraceStore
 
 DEFAULT_MAX_PROMPT_TOKENS = 4096
 
@@ -24,7 +24,7 @@ DEFAULT_MAX_PROMPT_TOKENS = 4096
 def trace_key(adapter: ModelAdapter, sampler: Any, layers: list[int], pooling: str) -> dict[str, Any]:
     """The compatibility key every artefact derived from these traces carries.
 
-    :data:`sri.trace.KEY_FIELDS` are the fields that must agree before states are combined; each is there
+    :data:`sri.tracing.store.KEY_FIELDS` are the fields that must agree before states are combined; each is there
     because it changes the states or the tokens:
 
     - ``fingerprint``, ``hidden_size`` — the weights (``model`` and ``num_layers`` are recorded for reading).
@@ -47,7 +47,7 @@ def trace_key(adapter: ModelAdapter, sampler: Any, layers: list[int], pooling: s
     ``steps_per_block`` (derived from the fields above), ``max_prompt_tokens`` (a check, not a setting), a
     streaming guard (recorded in the settings; the rows it stopped say so in ``ended_by``). ``layers`` is
     recorded but not compared: each consumer checks that the layers it reads are there."""
-    from .sampling import resolve_sampler
+    from ..sampling import resolve_sampler
 
     if sampler.kind == "diffusion" and adapter.family.kind == "masked-diffusion":
         sampler = resolve_sampler(sampler, adapter)  # the schedule that runs, whether or not it was given
@@ -99,7 +99,7 @@ def trace_prompts(
     settings record what ran.
 
     Three parts: :func:`plan_trace` (everything above, and the length-sorted batches) → an executor that yields
-    finished batches (``execution``, an :class:`sri.executors.Execution`; default: this process, one batch after
+    finished batches (``execution``, an :class:`sri.tracing.executors.Execution`; default: this process, one batch after
     another) → this process writes each batch with the store. Execution settings are not part of the run's key,
     so a run may be resumed on another backend. With ``execution.max_failed_batches`` > 0, failing batches are
     skipped (counted in ``store.failed_batches``; re-running retries them).

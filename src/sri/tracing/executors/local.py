@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from ..models import ModelAdapter
-from ..sampling import StepObserver
+from ...models import ModelAdapter
+from ...sampling import StepObserver
 from ..tracer import BatchOutcome, TracePlan, run_batch
 
 
