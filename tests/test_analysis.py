@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 
 from sri.errors import SriError
+from sri.stats.bootstrap import bootstrap, conditional_share, share
 from sri.stats.recovery import (
     analyze_signals,
-    bootstrap,
-    conditional_share,
     geometry_label,
     incomplete_recovery,
     internal_recovery_rate,
@@ -15,7 +14,6 @@ from sri.stats.recovery import (
     judged_steps,
     lda_projection,
     revision_recovery,
-    share,
     step_verdicts,
 )
 

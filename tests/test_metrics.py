@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from sri.errors import SriError
+from sri.stats.bootstrap import bootstrap
 from sri.stats.metrics import (
     attack_success_rate,
     auroc,
     blocked,
-    bootstrap_ci,
     detection_report,
     false_positive_rate,
     overhead_pct,
@@ -63,5 +63,5 @@ def test_bootstrap_intervals() -> None:
     r = rate_with_ci([1, 0, 0, 0] * 25, n_resamples=300)
     assert r["value"] == 0.25 and r["low"] < 0.25 < r["high"] and r["n"] == 100
     assert rate_with_ci([0] * 10) == {"value": 0.0, "low": 0.0, "high": 0.0, "n": 10}
-    low, high = bootstrap_ci(np.mean, [np.arange(10.0)], n_resamples=200)
+    low, high = bootstrap([np.arange(10.0)], np.mean, resamples=200)
     assert low < 4.5 < high

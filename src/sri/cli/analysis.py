@@ -194,7 +194,7 @@ def _check_run_outputs(run_dir: Path, *names: str) -> None:
 
 
 def _print_analysis(result: dict[str, Any]) -> None:
-    from ..stats.recovery import Estimate
+    from ..stats.bootstrap import Estimate
 
     def fmt(d: dict[str, Any] | None, percent: bool = True) -> str:
         return "–" if not d else Estimate(**d).fmt(percent)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..errors import SriError
 from ..io import check_text
@@ -80,16 +79,6 @@ def chat_text(adapter: ModelAdapter, user: str, system: str | None) -> str:
     return render_chat_template(adapter.tokenizer, user, system, adapter.name)
 
 
-def first_token_ids(adapter: ModelAdapter, words: Sequence[str]) -> list[int]:
-    """The distinct first token of each spelling in ``words`` (e.g. "Yes", " yes")."""
-    ids: list[int] = []
-    for w in words:
-        enc = adapter.tokenizer(w, add_special_tokens=False)["input_ids"]
-        if enc and enc[0] not in ids:
-            ids.append(int(enc[0]))
-    return ids
-
-
 def answer_probability(adapter: ModelAdapter, texts: list[str], positive: Sequence[str], negative: Sequence[str],
                        batch_size: int = 8) -> np.ndarray:
     """P(positive) / (P(positive) + P(negative)) of the next token after each rendered ``text``.
@@ -97,19 +86,8 @@ def answer_probability(adapter: ModelAdapter, texts: list[str], positive: Sequen
     Each side's probability is the sum over the first tokens of its spellings (shared first tokens dropped), read
     from one forward pass — no generation.
     """
-    pos, neg = first_token_ids(adapter, positive), first_token_ids(adapter, negative)
-    shared = set(pos) & set(neg)
-    pos, neg = [i for i in pos if i not in shared], [i for i in neg if i not in shared]
-    if not pos or not neg:
-        raise SriError(f"the tokenizer cannot tell {positive[0]!r} from {negative[0]!r} by their first token")
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            ids, mask = adapter.encode(texts[start:start + batch_size])
-            pos_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            logits = adapter.model(input_ids=ids, attention_mask=mask, position_ids=pos_ids,
-                                   logits_to_keep=1).logits[:, -1].float()
-            logp = logits.log_softmax(-1)
-            lp, ln = logp[:, pos].logsumexp(-1), logp[:, neg].logsumexp(-1)
-            out.append(torch.sigmoid(lp - ln).cpu())
-    return torch.cat(out).double().numpy()
+    from ..models.chat import answer_token_ids, next_token_logprobs, two_way_probability
+
+    pos, neg = answer_token_ids(adapter.tokenizer, positive, negative)
+    logp = next_token_logprobs(adapter, texts, batch_size=batch_size)
+    return two_way_probability(logp, pos, neg).double().numpy()

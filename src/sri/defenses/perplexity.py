@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import SriError
-from ..models.adapter import ModelAdapter
+from ..models.adapter import ModelAdapter, left_padded_positions
 from .base import Defense
 
 
@@ -39,7 +39,7 @@ class PerplexityFilter(Defense):
                 enc = tok(list(prompts[start:start + self.batch_size]), return_tensors="pt", padding=True,
                           truncation=True, max_length=self.max_tokens)
                 ids, mask = enc["input_ids"].to(self.adapter.device), enc["attention_mask"].to(self.adapter.device)
-                pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+                pos = left_padded_positions(mask)
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, :-1].float()
                 nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
                 valid = mask[:, 1:].float() * mask[:, :-1].float()

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..judges.keyword import is_refusal
-from ..models.adapter import ModelAdapter
+from ..models.adapter import ModelAdapter, left_padded_positions
 from ..models.masked import DiffusionAdapter
 from ..progress import progress_bar
 from ..sampling.base import StepEvent, StepObserver
@@ -116,7 +116,7 @@ def response_nll(ar: ModelAdapter, prompts: list[str], responses: list[str], bat
         for i, s in enumerate(seqs):
             ids[i, width - len(s):] = torch.tensor(s)
             attn[i, width - len(s):] = 1
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        positions = left_padded_positions(attn)
         with torch.inference_mode():
             logits = ar.model(input_ids=ids.to(ar.device), attention_mask=attn.to(ar.device),
                               position_ids=positions.to(ar.device)).logits.float()

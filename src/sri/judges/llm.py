@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix
 
 from ..data.assets import DEFAULT_MODEL, MODELS
 from ..errors import SriError
 from ..models import ModelAdapter
-from ..models.chat import prefixed_next_token_logprobs, render_chat
+from ..models.chat import answer_token_ids, prefixed_next_token_logprobs, render_chat, two_way_probability
 from ..progress import progress_bar
 
 #: The judge model used when none is named: the 1.5B coder model if fetched, else the default 0.5B.
@@ -50,16 +49,6 @@ def default_judge_model() -> str:
     return PREFERRED_JUDGE if MODELS[PREFERRED_JUDGE].is_fetched() else DEFAULT_MODEL
 
 
-def _first_tokens(tokenizer: Any, words: Sequence[str]) -> list[int]:
-    """The first token of each spelling (for real chat tokenizers each spelling is one token)."""
-    ids: list[int] = []
-    for w in words:
-        enc = tokenizer.encode(w, add_special_tokens=False)
-        if enc and enc[0] not in ids:
-            ids.append(enc[0])
-    return ids
-
-
 @dataclass
 class LLMJudge:
     """Yes/no compliance judge on ``adapter``. ``max_chars`` trims long requests and responses (keeps the start).
@@ -71,12 +60,7 @@ class LLMJudge:
     max_chars: int = 1500
 
     def __post_init__(self) -> None:
-        yes, no = _first_tokens(self.adapter.tokenizer, _YES), _first_tokens(self.adapter.tokenizer, _NO)
-        self.yes_ids = [t for t in yes if t not in no]  # a token both answers start with tells nothing
-        self.no_ids = [t for t in no if t not in yes]
-        if not self.yes_ids or not self.no_ids:
-            raise SriError(f"model {self.adapter.name} cannot tell 'yes' from 'no' by its first answer token; "
-                           "use another judge model")
+        self.yes_ids, self.no_ids = answer_token_ids(self.adapter.tokenizer, _YES, _NO)
         rendered = render_chat(self.adapter, _INSTRUCTION + _SPLIT, system=JUDGE_SYSTEM)
         self._prefix, self._tail = rendered.split(_SPLIT)
 
@@ -102,9 +86,7 @@ class LLMJudge:
             for start in range(0, len(suffixes), self.batch_size):
                 chunk = suffixes[start:start + self.batch_size]
                 logp = prefixed_next_token_logprobs(self.adapter, self._prefix, chunk, batch_size=self.batch_size)
-                yes = torch.logsumexp(logp[:, self.yes_ids], -1)
-                no = torch.logsumexp(logp[:, self.no_ids], -1)
-                out.append(torch.sigmoid(yes - no).numpy().astype(float))
+                out.append(two_way_probability(logp, self.yes_ids, self.no_ids).numpy().astype(float))
                 advance(len(chunk))
         return np.concatenate(out) if out else np.zeros(0)
 

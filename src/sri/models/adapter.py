@@ -34,6 +34,12 @@ class Family:
     logit_shift: bool = False  # True: logits at position i-1 predict token i (AR-initialised diffusion LMs)
 
 
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids ``[B, S]`` for a left-padded batch: each row counts from 0 at its first real token
+    (``cumsum(mask) − 1``); padding positions are clamped to 0 (they are masked out anyway)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def get_attr_path(obj: Any, path: str) -> Any:
     for part in path.split("."):
         obj = getattr(obj, part)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from ..errors import SriError
 from ..io import check_text
 from ..sampling import ARConfig, sample_ar
 from . import ModelAdapter
-from .adapter import render_chat_template
+from .adapter import left_padded_positions, render_chat_template
 
 #: ``system=ADAPTER_SYSTEM`` keeps the adapter's own system prompt (the paper's "You are a helpful assistant").
 ADAPTER_SYSTEM = object()
@@ -52,13 +54,38 @@ def generate_texts(adapter: ModelAdapter, rendered: Sequence[str], *, max_new_to
     return out
 
 
+def answer_token_ids(tokenizer: Any, positive: Sequence[str], negative: Sequence[str]) -> tuple[list[int], list[int]]:
+    """The distinct first token of each spelling of the two answers (e.g. "Yes", " yes" vs "No", " no"), without
+    the first tokens both answers share (they tell nothing). Raises :class:`SriError` if a side is left empty."""
+    def firsts(words: Sequence[str]) -> list[int]:
+        ids: list[int] = []
+        for w in words:
+            enc = tokenizer.encode(w, add_special_tokens=False)
+            if enc and enc[0] not in ids:
+                ids.append(int(enc[0]))
+        return ids
+
+    pos, neg = firsts(positive), firsts(negative)
+    pos, neg = [i for i in pos if i not in neg], [i for i in neg if i not in pos]
+    if not pos or not neg:
+        raise SriError(f"the tokenizer cannot tell {positive[0]!r} from {negative[0]!r} by their first token; use "
+                       "another model")
+    return pos, neg
+
+
+def two_way_probability(logp: torch.Tensor, positive: Sequence[int], negative: Sequence[int]) -> torch.Tensor:
+    """P(positive) / (P(positive) + P(negative)) from next-token log-probabilities ``[N, V]`` → ``[N]``, each side's
+    probability summed over its token ids: sigmoid(logsumexp(logp[:, pos]) − logsumexp(logp[:, neg]))."""
+    return torch.sigmoid(logp[:, list(positive)].logsumexp(-1) - logp[:, list(negative)].logsumexp(-1))
+
+
 def next_token_logprobs(adapter: ModelAdapter, rendered: Sequence[str], batch_size: int = 8) -> torch.Tensor:
     """log p(next token | text) for every text: ``[N, V]`` (float32, CPU)."""
     rows = []
     with torch.inference_mode():
         for start in range(0, len(rendered), batch_size):
             ids, mask = adapter.encode(list(rendered[start:start + batch_size]))
-            pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            pos = left_padded_positions(mask)
             logits = adapter.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
             rows.append(torch.log_softmax(logits[:, -1, :].float(), -1).cpu())
     return torch.cat(rows)
@@ -80,7 +107,7 @@ def continuation_logprob(adapter: ModelAdapter, rendered: Sequence[str], target_
             b = ids.shape[0]
             full = torch.cat([ids, target.to(ids.device).expand(b, k)], dim=1)
             full_mask = torch.cat([mask, mask.new_ones(b, k)], dim=1)
-            pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+            pos = left_padded_positions(full_mask)
             logits = adapter.model(input_ids=full, attention_mask=full_mask, position_ids=pos,
                                    logits_to_keep=k + 1).logits[:, :k, :].float()
             logp = torch.log_softmax(logits, -1)
@@ -121,7 +148,7 @@ class PrefixCache:
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(b)
         full_mask = torch.cat([mask.new_ones(b, self.length), mask], dim=1)
-        pos = self.length + (mask.long().cumsum(-1) - 1).clamp(min=0)
+        pos = self.length + left_padded_positions(mask)
         with torch.inference_mode():
             out = adapter.model(input_ids=ids, attention_mask=full_mask, position_ids=pos, cache=cache,
                                 use_cache=True, logits_to_keep=keep)

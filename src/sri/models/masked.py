@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapter import Family, ModelAdapter
+from .adapter import Family, ModelAdapter, left_padded_positions
 from .causal import CAUSAL_FAMILIES, detect_family
 
 #: where a mask token id may be declared, in the order a family looks
@@ -150,7 +150,7 @@ class DiffusionAdapter(ModelAdapter):
         kwargs: dict[str, Any] = {}
         padded = bool((attention_mask == 0).any())
         if self.position_ids:
-            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = left_padded_positions(attention_mask)
         if self.four_d_mask:
             # keys-only boolean mask [B, 1, S, S]: no query row is fully masked, so no NaN on any kernel
             if padded:

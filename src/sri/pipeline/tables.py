@@ -244,11 +244,11 @@ def guard_markdown(results: dict[str, Any]) -> str:
     def ci(m: dict[str, Any] | None) -> str:
         if m is None:
             return "–"
-        return f"{100 * m['value']:.1f}" + ("" if math.isnan(m["low"]) else
+        return f"{100 * m['value']:.1f}" + ("" if m["low"] is None else
                                              f" [{100 * m['low']:.1f}, {100 * m['high']:.1f}]")
 
     def ci3(m: dict[str, Any]) -> str:
-        return f"{m['value']:.3f}" + ("" if math.isnan(m["low"]) else f" [{m['low']:.3f}, {m['high']:.3f}]")
+        return f"{m['value']:.3f}" + ("" if m["low"] is None else f" [{m['low']:.3f}, {m['high']:.3f}]")
 
     model = results["model"].get("model", "")
     s = results["sampler"]

@@ -15,7 +15,7 @@ from transformers.generation.logits_process import (
 )
 
 from ..errors import SriError
-from ..models.adapter import ModelAdapter
+from ..models.adapter import ModelAdapter, left_padded_positions
 from .base import GenerationResult, HiddenCapture, StepEvent, StepObserver, check_finite, notify_step
 
 
@@ -79,7 +79,7 @@ def sample_ar(
     end_step, ended_by = [T] * B, ["length"] * B
     tokens: list[torch.Tensor] = []
     cache = DynamicCache(config=model.config)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    position_ids = left_padded_positions(attention_mask)
     for obs in observers:
         obs.on_start(B, attention_mask.sum(-1).tolist())
 

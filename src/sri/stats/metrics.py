@@ -9,24 +9,21 @@
   from scikit-learn's ``roc_auc_score`` / ``roc_curve``.
 - Overhead = 100 · (defense seconds) / (base generation seconds).
 
-CIs: percentile bootstrap (``scipy.stats.bootstrap``); detection metrics resample attack and benign scores
-independently (stratified), so every resample has both classes.
+CIs: the one percentile bootstrap of :mod:`sri.stats.bootstrap`; detection metrics resample attack and benign
+scores independently (stratified), so every resample has both classes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import bootstrap
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..errors import SriError
 from ..judges.keyword import is_refusal
-
-CONFIDENCE = 0.95
-RESAMPLES = 1000
+from .bootstrap import RESAMPLES, bootstrap, share
 
 
 def blocked(flags: Sequence[bool], responses: Sequence[str]) -> np.ndarray:
@@ -81,25 +78,11 @@ def overhead_pct(defense_seconds: float, base_seconds: float) -> float:
     return 100.0 * defense_seconds / base_seconds
 
 
-def bootstrap_ci(statistic: Callable[..., float], samples: Sequence[Sequence[Any]], *,
-                 confidence: float = CONFIDENCE, n_resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``statistic(*samples)``, each sample resampled independently."""
-    arrays = tuple(np.asarray(s, dtype=np.float64) for s in samples)
-    if any(len(a) < 2 for a in arrays):
-        return float("nan"), float("nan")
-    if all(np.all(a == a[0]) for a in arrays) and len(arrays) == 1:
-        v = float(statistic(*arrays))
-        return v, v
-    res = bootstrap(arrays, statistic, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-                    vectorized=False, paired=False, rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def rate_with_ci(values: Sequence[bool], seed: int = 0, n_resamples: int = RESAMPLES) -> dict[str, float]:
-    """Mean of a boolean vector with its bootstrap CI: ``{"value", "low", "high", "n"}``."""
-    v = np.asarray(values, dtype=np.float64)
-    low, high = bootstrap_ci(np.mean, [v], seed=seed, n_resamples=n_resamples)
-    return {"value": _mean(v, "rate"), "low": low, "high": high, "n": len(v)}
+def rate_with_ci(values: Sequence[bool], seed: int = 0, n_resamples: int = RESAMPLES) -> dict[str, Any]:
+    """Mean of a boolean vector with its bootstrap interval: ``{"value", "low", "high", "n"}``
+    (:class:`sri.stats.bootstrap.Estimate`). Raises :class:`SriError` for an empty vector."""
+    _mean(values, "rate")
+    return share(values, resamples=n_resamples, seed=seed).to_dict()
 
 
 def detection_report(positive: Sequence[float], negative: Sequence[float], seed: int = 0,
@@ -108,7 +91,7 @@ def detection_report(positive: Sequence[float], negative: Sequence[float], seed:
     out: dict[str, Any] = {"n_positive": len(positive), "n_negative": len(negative)}
     for name, fn in (("auroc", auroc), ("tpr_at_1pct_fpr", lambda p, n: tpr_at_fpr(p, n, 0.01)),
                      ("tpr_at_5pct_fpr", lambda p, n: tpr_at_fpr(p, n, 0.05))):
-        low, high = bootstrap_ci(fn, [positive, negative], seed=seed, n_resamples=n_resamples)
+        low, high = bootstrap([positive, negative], fn, resamples=n_resamples, seed=seed, paired=False)
         out[name] = {"value": fn(positive, negative), "low": low, "high": high}
     return out
 

@@ -20,7 +20,6 @@ Every rate comes with a seeded percentile-bootstrap confidence interval over pro
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,79 +28,11 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from ..errors import SriError
 from ..io import read_jsonl, write_json, write_jsonl
+from .bootstrap import Estimate, conditional_share, share
 
 LAMBDA_C = 0.5
 LAMBDA_R = (0.5, 0.3, 0.1)
 GEOMETRY_CLASSES = ("harmless", "refused", "complied-harmful", "jailbreak")
-
-
-# --------------------------------------------------------------------------------------------- bootstrap
-@dataclass(frozen=True)
-class Estimate:
-    """A statistic with its bootstrap interval; ``n`` is the size of the population it is a share of."""
-
-    value: float | None
-    low: float | None
-    high: float | None
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def fmt(self, percent: bool = True) -> str:
-        if self.value is None:
-            return "–"
-        k, unit = (100.0, "%") if percent else (1.0, "")
-        ci = "" if self.low is None else f" [{k * self.low:.0f}–{k * self.high:.0f}]" if percent else \
-            f" [{self.low:.2f}–{self.high:.2f}]"
-        return f"{k * self.value:.1f}{unit}{ci}" if percent else f"{self.value:.2f}{ci}"
-
-
-def bootstrap(arrays: Sequence[np.ndarray], statistic: Callable[..., float | None], *, resamples: int = 1000,
-              level: float = 0.95, seed: int = 0) -> tuple[float | None, float | None]:
-    """Percentile-bootstrap interval of ``statistic(*arrays)``, resampling prompts (rows) with replacement.
-
-    Resamples where the statistic is undefined (``None``/NaN, e.g. an empty denominator) are dropped; with no
-    defined resample the interval is ``(None, None)``.
-    """
-    n = len(arrays[0])
-    if n == 0 or resamples <= 0:
-        return None, None
-    rng = np.random.default_rng(seed)
-    values = []
-    for idx in rng.integers(0, n, size=(resamples, n)):
-        v = statistic(*(a[idx] for a in arrays))
-        if v is not None and not np.isnan(v):
-            values.append(v)
-    if not values:
-        return None, None
-    alpha = (1 - level) / 2
-    low, high = np.quantile(values, [alpha, 1 - alpha])
-    return float(low), float(high)
-
-
-def share(flags: Sequence[bool] | np.ndarray, *, resamples: int = 1000, seed: int = 0) -> Estimate:
-    """Mean of boolean ``flags`` with its bootstrap interval."""
-    x = np.asarray(flags, dtype=bool)
-    if x.size == 0:
-        return Estimate(None, None, None, 0)
-    low, high = bootstrap([x], lambda a: float(a.mean()), resamples=resamples, seed=seed)
-    return Estimate(float(x.mean()), low, high, int(x.size))
-
-
-def conditional_share(event: Sequence[bool] | np.ndarray, given: Sequence[bool] | np.ndarray, *,
-                      resamples: int = 1000, seed: int = 0) -> Estimate:
-    """#{event ∧ given} / #{given} with its bootstrap interval (resampling all prompts); ``None`` if no ``given``."""
-    e, g = np.asarray(event, dtype=bool), np.asarray(given, dtype=bool)
-
-    def ratio(ev: np.ndarray, gv: np.ndarray) -> float | None:
-        return float((ev & gv).sum() / gv.sum()) if gv.any() else None
-
-    value = ratio(e, g)
-    if value is None:
-        return Estimate(None, None, None, 0)
-    low, high = bootstrap([e, g], ratio, resamples=resamples, seed=seed)
-    return Estimate(value, low, high, int(g.sum()))
 
 
 # --------------------------------------------------------------------------------------------- recovery
