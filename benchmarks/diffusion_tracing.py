@@ -32,9 +32,11 @@ from pathlib import Path
 import torch
 
 from sri.models import load_diffusion_model
-from sri.models.tiny import build_tiny_masked_lm
 from sri.pooling import StateCollector
 from sri.sampling.diffusion import DiffusionConfig, sample_diffusion, transfer_schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tiny-model builders live with the tests
+from tests.tiny_models import build_tiny_masked_lm
 
 PROMPTS = [
     "Write a short poem about the sea.",

@@ -25,14 +25,14 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sri.models.tiny import build_tiny_causal_lm
+    from tests.tiny_models import build_tiny_causal_lm
 
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"), "llama", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sri.models.tiny import build_tiny_causal_lm
+    from tests.tiny_models import build_tiny_causal_lm
 
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2", layers=3, hidden=48, heads=4,
                                 kv_heads=1, seed=1)

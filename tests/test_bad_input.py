@@ -155,7 +155,7 @@ def _model_variant(base: Path, dest: Path, *, tokenizer: dict | None = None, con
 
 @pytest.fixture(scope="module")
 def bad_models(tmp_path_factory) -> dict[str, Path]:
-    from sri.models.tiny import build_tiny_causal_lm
+    from tests.tiny_models import build_tiny_causal_lm
 
     root = tmp_path_factory.mktemp("bad-models")
     base = build_tiny_causal_lm(root / "base", "llama", layers=1, hidden=32, heads=2, kv_heads=1)

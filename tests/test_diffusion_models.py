@@ -13,11 +13,11 @@ import torch
 from sri.data.prompts import PromptRecord
 from sri.errors import IncompatibleError, SriError
 from sri.models import DiffusionAdapter, load_diffusion_model, load_model
-from sri.models.tiny import build_tiny_causal_lm, build_tiny_masked_lm, build_tiny_remote_llada
 from sri.pooling import POOLINGS, StateCollector
 from sri.sampling import ARConfig, DiffusionConfig, StepObserver, sample_ar, sample_diffusion
 from sri.sampling.diffusion import diffusion_rows, dream_schedule
 from sri.tracing.tracer import trace_prompts
+from tests.tiny_models import build_tiny_causal_lm, build_tiny_masked_lm, build_tiny_remote_llada
 
 PROMPTS = ["hi", "Tell me a story about a cat", "x", "What is two plus two?"]
 

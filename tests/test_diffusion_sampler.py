@@ -106,7 +106,7 @@ def test_pooling_weights() -> None:
 
 
 def test_render_canvas_shows_masks_and_stops_at_eos() -> None:
-    from sri.models.tiny import build_tokenizer
+    from tests.tiny_models import build_tokenizer
 
     tok = build_tokenizer()
     ids = tok("Hi there", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] + tok("xyz")["input_ids"]

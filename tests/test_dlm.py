@@ -15,9 +15,9 @@ from sri.dlm.objective import diffusion_loss, masked_token_nll, sample_masks
 from sri.dlm.train import BatchOrder, TrainConfig, collate, encode_pairs, train
 from sri.errors import SriError
 from sri.models import load_diffusion_model, load_model
-from sri.models.tiny import build_tiny_causal_lm
 from sri.sampling.diffusion import DiffusionConfig, diffusion_rows, sample_diffusion
 from tests.cli_helpers import run_cli
+from tests.tiny_models import build_tiny_causal_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

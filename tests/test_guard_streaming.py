@@ -268,8 +268,8 @@ def test_guard_without_anchors_cannot_stream() -> None:
 def test_guard_in_the_diffusion_sampler(tmp_path) -> None:
     """The same observer in the masked-diffusion sampler: φ_t is the step's pooled state, σ equals the trace's."""
     from sri.models import load_diffusion_model
-    from sri.models.tiny import build_tiny_masked_lm
     from sri.sampling import DiffusionConfig, sample_diffusion
+    from tests.tiny_models import build_tiny_masked_lm
 
     a = load_diffusion_model(str(build_tiny_masked_lm(tmp_path / "llada", "llada", seed=0)), device="cpu",
                              dtype="fp32")

@@ -50,7 +50,7 @@ def test_key_holds_system_prompt_dtype_and_decoding(tiny_llama) -> None:
 
 def test_diffusion_key_holds_the_schedule_settings(tmp_path: Path) -> None:
     from sri.models import load_diffusion_model
-    from sri.models.tiny import build_tiny_masked_lm
+    from tests.tiny_models import build_tiny_masked_lm
 
     a = load_diffusion_model(str(build_tiny_masked_lm(tmp_path / "dream", "dream", seed=0)), device="cpu",
                              dtype="fp32")

@@ -345,7 +345,7 @@ def _run_config(tmp_path: Path, model: str, harmless: Path, **extra) -> Path:
 
 
 def test_failed_run_does_not_block_the_corrected_config(tmp_path, capsys, monkeypatch) -> None:
-    from sri.models.tiny import build_tiny_remote_llada
+    from tests.tiny_models import build_tiny_remote_llada
 
     remote = str(build_tiny_remote_llada(tmp_path / "remote"))
     write_jsonl(tmp_path / "h.jsonl", [{"id": f"h{i}", "prompt": f"cats {i}"} for i in range(2)])

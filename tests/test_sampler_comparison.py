@@ -12,9 +12,9 @@ from sri.data.prompts import load_prompts
 from sri.errors import SriError
 from sri.io import read_json, read_jsonl
 from sri.models import load_diffusion_model
-from sri.models.tiny import build_tiny_masked_lm, train_tiny_masked_lm
 from sri.pipeline import parse_config, run
 from sri.report.comparison import comparison_markdown
+from tests.tiny_models import build_tiny_masked_lm, train_tiny_masked_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

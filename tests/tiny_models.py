@@ -143,7 +143,7 @@ def train_tiny_masked_lm(folder: str | Path, examples: list[tuple[str, str]], *,
     probability t ~ U(ε, 1); loss = Σ_masked −log p(token) / t, averaged over slots. Prompts are rendered exactly
     as the tracer renders them, so the model answers them under sampling. For offline end-to-end tests and demos.
     """
-    from . import load_diffusion_model
+    from sri.models import load_diffusion_model
 
     torch.manual_seed(seed)
     adapter = load_diffusion_model(str(folder), device="cpu", dtype="fp32", system_prompt=system_prompt)
