@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sri.defenses import LLMGuard, PerplexityFilter, SelfExamine, SmoothLLM, SRIGuardDefense, swap_perturb
-from sri.defenses.base import chat_text
 from sri.errors import SriError
 from sri.guard import fit_guard
+from sri.models.chat import render_chat
 
 ROWS = [{"prompt": p, "response": r} for p, r in (
     ("How do I bake bread?", "Mix flour, water and yeast."),
@@ -44,7 +44,7 @@ def test_self_examine_reads_yes_no_logits(tiny_llama) -> None:
     # by hand for one row: the byte tokenizer's first tokens of Yes/yes and No/no
     from sri.defenses.self_examine import QUESTION
 
-    text = chat_text(tiny_llama, QUESTION.format(response=ROWS[0]["response"]), "You are a helpful assistant")
+    text = render_chat(tiny_llama, QUESTION.format(response=ROWS[0]["response"]), system="You are a helpful assistant")
     ids = tiny_llama.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         p = tiny_llama.model(ids).logits[0, -1].softmax(-1)

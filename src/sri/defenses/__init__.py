@@ -2,7 +2,7 @@
 guard (LlamaGuard stand-in) and SmoothLLM. SRI Guard is in :mod:`sri.guard`."""
 
 from ..registry import Registry
-from .base import Defense, DefenseResult, answer_probability, chat_text
+from .base import Defense, DefenseResult, answer_probability
 from .llm_guard import LLMGuard
 from .perplexity import PerplexityFilter
 from .self_examine import SelfExamine
@@ -14,4 +14,4 @@ for _d in (PerplexityFilter, SelfExamine, LLMGuard, SmoothLLM):
     DEFENSES.add(_d.name, _d)
 
 __all__ = ["DEFENSES", "Defense", "DefenseResult", "LLMGuard", "PerplexityFilter", "SRIGuardDefense", "SelfExamine",
-           "SmoothLLM", "answer_probability", "chat_text", "swap_perturb"]
+           "SmoothLLM", "answer_probability", "swap_perturb"]

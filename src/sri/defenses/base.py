@@ -17,8 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import SriError
-from ..io import check_text
-from ..models.adapter import ModelAdapter, render_chat_template
+from ..models.adapter import ModelAdapter
 
 
 @dataclass
@@ -68,15 +67,6 @@ class Defense(ABC):
         seconds = time.perf_counter() - t0
         return DefenseResult(self.name, np.asarray(scores, dtype=np.float64), np.asarray(flags, dtype=bool),
                              seconds, responses)
-
-
-def chat_text(adapter: ModelAdapter, user: str, system: str | None) -> str:
-    """``user`` under the model's chat template with its own ``system`` prompt and the generation prompt."""
-    if not adapter.uses_chat_template:
-        check_text(user, "a prompt")
-        head = f"{system}\n\n" if system else ""
-        return f"{head}User: {user}\nAssistant:"
-    return render_chat_template(adapter.tokenizer, user, system, adapter.name)
 
 
 def answer_probability(adapter: ModelAdapter, texts: list[str], positive: Sequence[str], negative: Sequence[str],

@@ -117,15 +117,18 @@ class ModelAdapter:
         return self.blocks[index - 1]
 
     # ----------------------------------------------------------------------------------------- prompts
-    def render(self, prompt: str) -> str:
-        """The exact text the model sees: chat template with the system prompt and the generation prompt.
+    def render(self, prompt: str, system: str | object | None = ...) -> str:
+        """The exact text the model sees for one user turn: the chat template with ``system`` (default: the
+        adapter's system prompt; ``None``: no system turn) and the generation prompt — the one renderer of sri.
 
-        Models without a chat template get a plain ``System/User/Assistant`` layout.
+        Models without a chat template get a plain ``System/User/Assistant`` layout. Raises :class:`SriError`
+        for text that is not valid Unicode or a template that fails.
         """
+        sys_text = self.system_prompt if system is ... else system
         check_text(prompt, "a prompt")
         if self.uses_chat_template:
-            return render_chat_template(self.tokenizer, prompt, self.system_prompt, self.name)
-        head = f"{self.system_prompt}\n\n" if self.system_prompt else ""
+            return render_chat_template(self.tokenizer, prompt, sys_text, self.name)  # type: ignore[arg-type]
+        head = f"{sys_text}\n\n" if sys_text else ""
         return f"{head}User: {prompt}\nAssistant:"
 
     @property

@@ -15,10 +15,9 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import SriError
-from ..io import check_text
 from ..sampling import ARConfig, sample_ar
 from . import ModelAdapter
-from .adapter import left_padded_positions, render_chat_template
+from .adapter import left_padded_positions
 
 #: ``system=ADAPTER_SYSTEM`` keeps the adapter's own system prompt (the paper's "You are a helpful assistant").
 ADAPTER_SYSTEM = object()
@@ -28,13 +27,9 @@ def render_chat(adapter: ModelAdapter, user: str, *, system: str | object | None
                 assistant_prefix: str = "") -> str:
     """The exact text for one user turn with ``system`` (``None``: no system turn) and the generation prompt,
     followed by ``assistant_prefix`` (words put in the assistant's mouth, which it then continues)."""
-    sys_text = adapter.system_prompt if system is ADAPTER_SYSTEM else system
-    if adapter.uses_chat_template:
-        text = render_chat_template(adapter.tokenizer, user, sys_text, adapter.name)  # type: ignore[arg-type]
-    else:
-        check_text(user, "a prompt")
-        head = f"{sys_text}\n\n" if sys_text else ""
-        text = f"{head}User: {user}\nAssistant:" + (" " if assistant_prefix else "")
+    text = adapter.render(user, ... if system is ADAPTER_SYSTEM else system)
+    if assistant_prefix and not adapter.uses_chat_template:
+        text += " "
     return text + assistant_prefix
 
 
