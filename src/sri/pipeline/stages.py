@@ -316,9 +316,9 @@ def defenses(run: Run, fitted_guard: Any, fitted: Anchors, stores: dict[str, Tra
         scores = fitted_guard.score(sigma.numpy())
         seconds = time.perf_counter() - t0
         res["sri-guard"][name] = DefenseResult("sri-guard", scores, scores > fitted_guard.threshold, seconds)
-        if streamed:
+        if streamed:  # its cost is the guard's work inside generation: benchmarks/guard_overhead.py measures it
             flags = np.array([streamed[(name, r["id"])]["flagged"] for r in rows])
-            res["sri-guard-streaming"][name] = DefenseResult("sri-guard-streaming", scores, flags, seconds)
+            res["sri-guard-streaming"][name] = DefenseResult("sri-guard-streaming", scores, flags, float("nan"))
     if not streamed:
         del res["sri-guard-streaming"]
     if cfg.defenses.names:
