@@ -151,3 +151,30 @@ def test_sampler_names_and_settings_are_checked(refusing_dlm, tiny_llama_dir) ->
     config["samplers"] = {"x": {"kind": "diffusion"}}
     with pytest.raises(SriError, match="either 'sampler' .* or 'samplers'"):
         parse_config({**config, "sampler": {"kind": "diffusion"}})
+
+
+def test_guard_and_defenses_on_a_diffusion_target(refusing_dlm, tiny_llama_dir, tmp_path) -> None:
+    """Every stage runs on a masked-diffusion target: the guard on its diffusion signals, SmoothLLM through the
+    diffusion sampler, and baselines that read AR next-token probabilities skipped and recorded."""
+    harmless = tmp_path / "harmless.jsonl"
+    harmless.write_text("".join(json.dumps({"id": f"b{i}", "prompt": f"Write a happy poem about the sea, take {i}."})
+                                + "\n" for i in range(16)))
+    config = _config(refusing_dlm, tiny_llama_dir, None)
+    del config["samplers"]
+    config["sampler"] = {"kind": "diffusion", "steps": GEN // 2, "gen_length": GEN}
+    config["prompts"].update({"guard_fit": {"dataset": str(harmless), "n": 8},
+                              "guard_calibrate": {"dataset": str(harmless), "n": 4}})
+    config["attacks"] = [{"name": "flip"}, {"name": "dija"}]
+    config["guard"] = {"detector": "mahalanobis", "quantile": 0.9}
+    config["defenses"] = {"names": ["ppl-filter", "smoothllm"], "smoothllm_copies": 2, "smoothllm_max_prompts": 2}
+    path = tmp_path / "guarded.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    run(path, run_dir, progress=False)
+    results = read_json(run_dir / "eval.json")
+    assert [d["defense"] for d in results["defenses"]] == ["undefended", "sri-guard", "sri-guard-streaming",
+                                                           "smoothllm"]
+    assert results["attacks"] == ["flip", "dija"]
+    prov = read_json(run_dir / "provenance.json")
+    assert "masked-diffusion" in prov["skipped_defenses"]["ppl-filter"]
+    assert read_json(run_dir / "guard" / "guard.json")["key"]["sampler"] == "diffusion"

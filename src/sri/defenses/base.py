@@ -38,6 +38,9 @@ class Defense(ABC):
 
     name: ClassVar[str]
     needs_response: ClassVar[bool] = False
+    #: kinds of model (``adapter.family.kind``) the defense can run on; reading an autoregressive model's
+    #: next-token probabilities means nothing on a masked-diffusion model
+    model_kinds: ClassVar[tuple[str, ...]] = ("causal", "masked-diffusion")
 
     @classmethod
     def create(cls, adapter: ModelAdapter, **settings: Any) -> Defense:

@@ -28,6 +28,7 @@ class LLMGuard(Defense):
     """A chat model as a prompt classifier (LlamaGuard stand-in): P(unsafe) of the user's request."""
 
     name = "llm-guard"
+    model_kinds = ("causal",)
 
     def __init__(self, adapter: ModelAdapter, threshold: float = 0.5, batch_size: int = 8,
                  max_prompt_chars: int = 6000) -> None:

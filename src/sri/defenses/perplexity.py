@@ -21,6 +21,7 @@ class PerplexityFilter(Defense):
     """Flags prompts whose perplexity under the model exceeds the q-quantile of benign prompts'."""
 
     name = "ppl-filter"
+    model_kinds = ("causal",)
 
     def __init__(self, adapter: ModelAdapter, quantile: float = 0.99, batch_size: int = 8,
                  max_tokens: int = 1024) -> None:

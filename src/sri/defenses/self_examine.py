@@ -23,6 +23,7 @@ class SelfExamine(Defense):
     """Asks the model whether its own response is harmful (Self-Examination, Phute et al. 2023)."""
 
     name = "self-examine"
+    model_kinds = ("causal",)
     needs_response = True
 
     def __init__(self, adapter: ModelAdapter, threshold: float = 0.5, batch_size: int = 8,

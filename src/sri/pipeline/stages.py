@@ -293,8 +293,10 @@ def defenses(run: Run, fitted_guard: Any, fitted: Anchors, stores: dict[str, Tra
              sig: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """``{defense: {set: DefenseResult}}``: the undefended model, SRI Guard (full signal, and streaming) and
     every configured baseline (registry :data:`sri.defenses.DEFENSES`), on every test set; each baseline result
-    is cached in ``defenses/<name>/<set>.json``. Baselines that write their own responses (SmoothLLM) have those
-    judged by the LLM judge too (``llm_harmful`` in the cached result)."""
+    is cached in ``defenses/<name>/<set>.json``. A baseline that cannot run on the model's kind (e.g. the
+    perplexity filter on a masked-diffusion model) is skipped and recorded in the provenance. Baselines that
+    write their own responses (SmoothLLM) have those judged by the LLM judge too (``llm_harmful`` in the cached
+    result)."""
     from ..defenses import DEFENSES
     from ..defenses.base import DefenseResult
     from ..progress import progress_bar
@@ -332,7 +334,14 @@ def defenses(run: Run, fitted_guard: Any, fitted: Anchors, stores: dict[str, Tra
                     from ..models import load_model
 
                     on = load_model(cfg.defenses.llm_guard_model, device=cfg.device, dtype=cfg.dtype)
-                defense = DEFENSES[dname].create(on, **settings).fit(sig["guard-fit"])
+                cls = DEFENSES[dname]
+                if on.family.kind not in cls.model_kinds:
+                    reason = f"runs on {' / '.join(cls.model_kinds)} models; this one is {on.family.kind}"
+                    run.prov.setdefault("skipped_defenses", {})[dname] = reason
+                    run.log(f"skipping defense {dname}: {reason}")
+                    advance(len(names))
+                    continue
+                defense = cls.create(on, **settings).fit(sig["guard-fit"])
                 res[dname] = {}
                 for name in names:
                     rows = sig[name]
