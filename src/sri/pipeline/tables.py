@@ -255,7 +255,7 @@ def guard_markdown(results: dict[str, Any]) -> str:
     lines = [f"# Guard evaluation — {model} ({s.get('name')}, T={s.get('steps')})", "", results["no_attack_in_fit"],
              "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in results["sizes"].items()), ""]
     d0 = results["defenses"][0]
-    fp_cols = [k for k in d0 if k.startswith("fp:")]
+    fp_cols = [k for k in d0 if k.startswith("fp:") and not k.endswith(CONTROL_SUFFIX)]  # per control: eval.json
     head = ["defense", "overhead %", *(f"FP {k[3:]}" for k in fp_cols), "RR raw harmful", "RR jailbreak",
             f"ASR jailbreak (LLM judge{'' if results['judge'] else ': none'})", "ASR (keyword proxy 1 − RR)"]
     lines += ["## Defenses (Table 13 shape; % with 95% bootstrap CI)", "", "| " + " | ".join(head) + " |",
