@@ -8,10 +8,27 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+#: Plain (click) help: rich's help panels cut long option names with "…" in narrow terminals, click never does.
+HELP = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}}
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Step-wise refusal dynamics: trace generation, compute the SRI signal, analyse, guard.")
+                  help="Step-wise refusal dynamics: trace generation, compute the SRI signal, analyse, guard.", **HELP)
 out = Console()
 err = Console(stderr=True)
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Print full tracebacks of errors (also SRI_DEBUG=1).")] =
+        False,
+) -> None:
+    _DEBUG["on"] = debug
+
+
+def debug_enabled() -> bool:
+    """``sri --debug …`` or ``SRI_DEBUG=1``: show tracebacks instead of saving them."""
+    return _DEBUG["on"] or os.environ.get("SRI_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Offline short name, local HF folder or Hub id.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]

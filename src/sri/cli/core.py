@@ -10,9 +10,10 @@ from rich.table import Table
 
 from ..errors import SriError
 from ..io import check_output_dir, check_output_file
-from .app import DeviceOpt, DtypeOpt, ModelOpt, app, err, load_adapter, out, quiet_transformers
+from .app import HELP, DeviceOpt, DtypeOpt, ModelOpt, app, err, load_adapter, out, quiet_transformers
 
-assets_app = typer.Typer(no_args_is_help=True, help="Fetch, list and verify the offline models and prompt sets.")
+assets_app = typer.Typer(no_args_is_help=True,
+                         help="Fetch, list and verify the offline models and prompt sets.", **HELP)
 app.add_typer(assets_app, name="assets")
 
 

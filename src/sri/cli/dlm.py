@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from ..errors import SriError
-from .app import DeviceOpt, app, err, out, quiet_transformers
+from .app import HELP, DeviceOpt, app, err, out, quiet_transformers
 
-dlm_app = typer.Typer(no_args_is_help=True, help="Adapt an AR chat model into a masked-diffusion LM (offline).")
+dlm_app = typer.Typer(no_args_is_help=True, help="Adapt an AR chat model into a masked-diffusion LM (offline).", **HELP)
 app.add_typer(dlm_app, name="dlm")
 
 

@@ -9,9 +9,10 @@ import typer
 from rich.table import Table
 
 from ..io import check_output_dir, check_output_file
-from .app import app, err, out
+from .app import HELP, app, err, out
 
-guard_app = typer.Typer(no_args_is_help=True, help="SRI Guard: fit a benign-only jailbreak detector and apply it.")
+guard_app = typer.Typer(no_args_is_help=True,
+                        help="SRI Guard: fit a benign-only jailbreak detector and apply it.", **HELP)
 app.add_typer(guard_app, name="guard")
 
 
