@@ -215,18 +215,37 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    """A UTF-8 text file's contents; a missing file or bytes that are not UTF-8 are a one-line error (with the
-    line number)."""
+    """A UTF-8 text file's contents, without a leading byte-order mark (editors on Windows add one; it would end
+    up inside the first prompt or hide a CSV's first column). A missing path, a folder, or bytes that are not
+    UTF-8 are a one-line error (the latter naming line, column and byte offset)."""
     path = Path(path)
+    if path.is_dir():
+        raise SriError(f"{path} is a directory, but a file is expected; give the file inside it")
     if not path.is_file():
         raise SriError(f"file {path} does not exist; check the path")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SriError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+        skipped = 3
+    else:
+        skipped = 0
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise SriError(f"{path}:{line} is not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as "
-                       "UTF-8") from None
+        raise SriError(undecodable_message(path, raw, e.start, skipped)) from None
+
+
+def undecodable_message(path: str | os.PathLike[str], raw: bytes, start: int, skipped: int = 0) -> str:
+    """``path:line`` is not valid UTF-8, with the byte, its column and its byte offset in the file."""
+    line = raw.count(b"\n", 0, start) + 1
+    column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
+    hint = (" (UTF-16 text? save it as UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:64]
+            else " (Latin-1 / Windows-1252 text? save it as UTF-8)")
+    return (f"{path}:{line} is not valid UTF-8: byte 0x{raw[start]:02x} at column {column}, byte offset "
+            f"{start + skipped}{hint}; save the file as UTF-8")
 
 
 def lone_surrogate(obj: Any, where: str = "") -> tuple[str, str] | None:

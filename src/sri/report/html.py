@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SriError
-from ..io import read_json, read_jsonl, write_text_atomic
+from ..io import read_json, read_jsonl, read_text, write_text_atomic
 from . import figures
 
 #: Paper Table 3 (RR% / ASR% on all jailbreaks), as transcribed in PAPER.md — a reference, not ground truth.
@@ -201,7 +201,7 @@ def build_report(run_dir: str | Path, panels: int = 4) -> Path:
     config = run_dir / "config.yaml"
     prov = run_dir / "provenance.json"
     cal = run_dir / "judge-calibration.json"
-    text = render_html(analysis, rows, figs, config_text=config.read_text(encoding="utf-8") if config.is_file()
+    text = render_html(analysis, rows, figs, config_text=read_text(config) if config.is_file()
                        else None, provenance=read_json(prov) if prov.is_file() else None,
                        calibration=read_json(cal) if cal.is_file() else None,
                        title=f"sri report — {run_dir.name}")
