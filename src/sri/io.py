@@ -294,6 +294,11 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One JSON object per line (blank lines skipped). Invalid JSON, non-objects, bytes that are not UTF-8 and
     text that is not valid Unicode (lone surrogates) are one-line errors naming the file and line."""
+    return [row for _, row in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
+    """:func:`read_jsonl` with each row's line number in the file."""
     path = Path(path)
     rows = []
     for n, line in enumerate(read_text(path).split("\n"), 1):
@@ -303,6 +308,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise SriError(f"{path}:{n} is not valid JSON ({e.msg}); fix or regenerate the file") from None
+        except RecursionError:
+            raise SriError(f"{path}:{n} nests JSON too deeply; fix or regenerate the file") from None
         if not isinstance(row, dict):
             raise SriError(f"{path}:{n} is not a JSON object; each line must be one object")
         if "\\u" in line:  # only a JSON escape can put a lone surrogate into text decoded as UTF-8
@@ -310,8 +317,57 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if found is not None:
                 raise SriError(f"{path}:{n}: {found[0]} holds a lone surrogate ({found[1]}), which is not valid "
                                "Unicode text; fix that line (give the full character or remove the escape)")
-        rows.append(row)
+        rows.append((n, row))
     return rows
+
+
+#: fields of a `sri signal` row that the analysis commands read
+SIGNAL_FIELDS = ("id", "label", "refused", "sri", "text_signal")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNAL_FIELDS) -> list[dict[str, Any]]:
+    """The rows of a signals JSONL (`sri signal`, `sri run`), each checked for the ``fields`` the caller reads:
+    ``sri`` / ``text_signal`` lists of finite numbers of one length, ``label`` text, ``refused`` true/false,
+    ``id`` and ``key`` present. Anything else is a one-line error naming the file, the line and the field."""
+    path = Path(path)
+    fields = tuple(fields)
+    numbered = read_jsonl_numbered(path)
+    if not numbered:
+        raise SriError(f"{path} holds no signals; create it with `sri signal`")
+    length = None
+    for n, r in numbered:
+        where = f"{path}:{n}"
+        for name in fields:
+            if name not in r:
+                raise SriError(f"{where} has no '{name}'; it is not a `sri signal` row (regenerate the file with "
+                               "`sri signal`)")
+            value = r[name]
+            if name in ("sri", "text_signal"):
+                if not isinstance(value, list) or not value:
+                    raise SriError(f"{where}: '{name}' must be a non-empty list of numbers; regenerate the file "
+                                   "with `sri signal`")
+                bad = next((i for i, v in enumerate(value) if not _is_number(v)), None)
+                if bad is not None:
+                    raise SriError(f"{where}: '{name}'[{bad}] is {value[bad]!r}, not a finite number; regenerate "
+                                   "the file with `sri signal`")
+                if length is None:
+                    length = len(value)
+                elif len(value) != length:
+                    raise SriError(f"{where}: '{name}' has {len(value)} steps but earlier rows have {length}; use "
+                                   "one step count per file")
+            elif name == "label" and not isinstance(value, str):
+                raise SriError(f"{where}: 'label' must be text, not {value!r}")
+            elif name == "refused" and not isinstance(value, bool):
+                raise SriError(f"{where}: 'refused' must be true or false, not {value!r}")
+            elif name == "id" and not isinstance(value, (str, int)):
+                raise SriError(f"{where}: 'id' must be text, not {value!r}")
+            elif name == "key" and not isinstance(value, dict):
+                raise SriError(f"{where}: 'key' must be an object; regenerate the file with `sri signal`")
+    return [r for _, r in numbered]
 
 
 def _jsonable(obj: Any) -> Any:

@@ -104,6 +104,11 @@ def judge_llm(
                            f"('{response_field}'); choose the fields with --request-field / --response-field")
         requests.append(req)
         responses.append(r[response_field])
+    if not rows:
+        write_jsonl(out_file, [])
+        err.print(f"0 rows in {input_file}: nothing to judge → {out_file}", markup=False, highlight=False,
+                  soft_wrap=True)
+        return
     adapter = load_adapter(default_judge_model() if model == "auto" else model, device, dtype, None)
     judge = LLMJudge(adapter, threshold=threshold, batch_size=batch_size, max_chars=max_chars)
     scores = judge.scores(requests, responses, progress=True)
@@ -179,6 +184,8 @@ def analyze(
     result = analyze_run(run_dir, lambda_c=lambda_c, lambda_r=lambda_r or list(LAMBDA_R), lambda_dip=lambda_dip,
                          resamples=bootstrap, seed=seed)
     _print_analysis(result)
+    if result.get("geometry_skipped"):
+        err.print(f"LDA skipped: {result['geometry_skipped']}", markup=False, highlight=False, soft_wrap=True)
     err.print(f"→ {run_dir}/analysis.json, {run_dir}/flags.jsonl")
 
 

@@ -263,7 +263,9 @@ def judge(
         if out_file:
             write_jsonl(out_file, judged)
         n = sum(r["refused"] for r in judged)
-        err.print(f"{n}/{len(judged)} refusals ({n / len(judged):.1%})" + (f" → {out_file}" if out_file else ""))
+        share = f"{n / len(judged):.1%}" if judged else f"0 rows in {input_file}: nothing to judge"
+        err.print(f"{n}/{len(judged)} refusals ({share})" + (f" → {out_file}" if out_file else ""), markup=False,
+                  highlight=False, soft_wrap=True)
     for t in text or []:
         v = keyword_verdict(t)
         out.print(f"[red]REFUSAL[/] ({v.phrase!r})" if v.refused else "[green]ANSWER[/]")
@@ -346,14 +348,6 @@ def plot(
 
 
 def _signal_rows(path: Path) -> list[dict]:
-    from ..io import read_jsonl
+    from ..io import read_signal_rows
 
-    rows = read_jsonl(path)
-    if not rows:
-        raise SriError(f"{path} holds no signals; create it with `sri signal`")
-    for i, r in enumerate(rows):
-        if not isinstance(r.get("sri"), list) or "label" not in r or "refused" not in r:
-            raise SriError(f"{path} row {i + 1} lacks 'sri', 'label' or 'refused'; it is not a `sri signal` file")
-    if len({len(r["sri"]) for r in rows}) != 1:
-        raise SriError(f"{path} mixes signals of different lengths; plot one step count at a time")
-    return rows
+    return read_signal_rows(path)

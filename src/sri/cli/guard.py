@@ -8,8 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..io import check_output_dir, check_output_file
+from ..io import check_output_dir, check_output_file, read_signal_rows
 from .app import HELP, app, err, out
+
+#: what the guard reads of a signal row (labels are optional: benign-only checks use them when present)
+GUARD_FIELDS = ("id", "sri", "key")
 
 guard_app = typer.Typer(no_args_is_help=True,
                         help="SRI Guard: fit a benign-only jailbreak detector and apply it.", **HELP)
@@ -35,11 +38,11 @@ def guard_fit(
 ) -> None:
     """Fit SRI Guard on benign signals only; threshold on held-out benign signals."""
     from ..guard import fit_guard
-    from ..io import read_jsonl
     from ..signal import Anchors
 
     check_output_dir(out_dir)
-    fitted = fit_guard(read_jsonl(benign), read_jsonl(calibrate), detector=detector, quantile=quantile, seed=seed,
+    fitted = fit_guard(read_signal_rows(benign, GUARD_FIELDS), read_signal_rows(calibrate, GUARD_FIELDS),
+                       detector=detector, quantile=quantile, seed=seed,
                        stream=stream, min_prefix=min_prefix, every=stream_every,
                        anchors=Anchors.load(anchors) if anchors else None, refusal_text=refusal_text,
                        sources={"benign": str(benign), "calibrate": str(calibrate)})
@@ -70,12 +73,12 @@ def guard_score(
     from collections import Counter
 
     from ..guard import Guard, signal_matrix
-    from ..io import read_jsonl, write_jsonl
+    from ..io import write_jsonl
 
     if out_file is not None:
         check_output_file(out_file, suffix=".jsonl")
     guard = Guard.load(guard_dir)
-    rows = read_jsonl(signals)
+    rows = read_signal_rows(signals, GUARD_FIELDS)
     x, key = signal_matrix(rows, str(signals))
     guard.check_key(key, str(signals))
     scores = guard.score(x)

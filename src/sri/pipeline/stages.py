@@ -396,6 +396,8 @@ def analysis(run: Run, sig: dict[str, list[dict[str, Any]]], fitted: Anchors,
     a = run.cfg.analysis
     result = analyze_run(run.dir, lambda_c=a.lambda_c, lambda_r=a.lambda_r, lambda_dip=a.lambda_dip,
                          resamples=a.bootstrap, seed=run.cfg.seed)
+    if result.get("geometry_skipped"):
+        run.log(f"LDA skipped: {result['geometry_skipped']}")
     summary = tables.summary(sig, fitted.info.get("counts", {}))
     summary["model"] = run.prov.get("model", {"model": run.cfg.model})
     write_json(run.dir / "summary.json", summary)
