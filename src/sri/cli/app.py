@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +35,42 @@ def debug_enabled() -> bool:
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Offline short name, local HF folder or Hub id.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16 or fp16.")]
+
+
+def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+             hi_open: bool = False) -> Callable[[Any], Any]:
+    """An option callback: the value (or each value of a repeatable option) must be a finite number in the
+    interval; anything else is a usage error (one line, exit 2) before the command runs. ``None`` (not given)
+    passes."""
+    left = "" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
+    right = "" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
+    if lo is not None and hi is not None:
+        wanted = f"in {left}, {right}"
+    elif lo is not None:
+        wanted = f"{'>' if lo_open else '≥'} {lo:g}"
+    elif hi is not None:
+        wanted = f"{'<' if hi_open else '≤'} {hi:g}"
+    else:
+        wanted = "(any finite number)"
+
+    def check(value: Any) -> Any:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise typer.BadParameter(f"{v} is not a finite number; give a number {wanted}")
+            if (lo is not None and (v < lo or (lo_open and v == lo))) or \
+                    (hi is not None and (v > hi or (hi_open and v == hi))):
+                raise typer.BadParameter(f"{v:g} is out of range; give a number {wanted}")
+        return value
+
+    return check
+
+
+#: the common ranges
+POSITIVE = in_range(1)  # counts, sizes, lengths, steps
+NON_NEGATIVE = in_range(0)  # seeds, optional counts, scales
+PROBABILITY = in_range(0, 1)
 
 
 def quiet_transformers() -> None:

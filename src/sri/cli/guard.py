@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..io import check_output_dir, check_output_file, read_signal_rows
-from .app import HELP, app, err, out
+from .app import HELP, NON_NEGATIVE, POSITIVE, app, err, in_range, out
 
 #: what the guard reads of a signal row (labels are optional: benign-only checks use them when present)
 GUARD_FIELDS = ("id", "sri", "key")
@@ -25,14 +25,18 @@ def guard_fit(
     calibrate: Annotated[Path, typer.Option(help="Signals JSONL of other, held-out benign prompts.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Guard folder to write.")],
     detector: Annotated[str, typer.Option(help="ae | mahalanobis | iforest | ocsvm | knn.")] = "ae",
-    quantile: Annotated[float, typer.Option(help="Threshold = this quantile of calibration scores.")] = 0.99,
+    quantile: Annotated[float, typer.Option(
+        callback=in_range(0, 1, lo_open=True, hi_open=True),
+        help="Threshold = this quantile of calibration scores.")] = 0.99,
     anchors: Annotated[Path | None, typer.Option(help="Anchor file the signals were computed with; needed to "
                                                        "guard inside generation (`sri trace --guard`).")] = None,
     stream: Annotated[str, typer.Option(help="Per-prefix detectors for streaming: union (benign flag rate "
                                              "over all prefixes ≤ 1 − q) | per-prefix | off.")] = "union",
-    min_prefix: Annotated[int, typer.Option(help="First prefix length the streaming guard decides on.")] = 1,
-    stream_every: Annotated[int, typer.Option(help="Decide every K steps (and at T) instead of every step.")] = 1,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    min_prefix: Annotated[int, typer.Option(
+        callback=POSITIVE, help="First prefix length the streaming guard decides on.")] = 1,
+    stream_every: Annotated[int, typer.Option(
+        callback=POSITIVE, help="Decide every K steps (and at T) instead of every step.")] = 1,
+    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Training seed.")] = 0,
     refusal_text: Annotated[str, typer.Option(help="Answer returned for a flagged generation.")] =
         "I'm sorry, but I can't help with that.",
 ) -> None:
