@@ -117,6 +117,21 @@ def _check_writable(where: Path, path: Path, option: str) -> None:
                        "or fix its permissions")
 
 
+def safe_child(folder: str | os.PathLike[str], name: str, suffix: str = "") -> Path:
+    """``folder / (name + suffix)`` for a ``name`` that came from a config, a registry or an id: one path
+    component that stays inside ``folder`` (no separators, no ``..``, no leading dot, nothing empty); anything
+    else is a one-line error, so no name can write outside the run folder."""
+    text = str(name)
+    if (not text or text in (".", "..") or text.startswith(".") or "/" in text or "\\" in text or "\0" in text
+            or os.sep in text):
+        raise SriError(f"name {text!r} cannot be used as a file name inside {folder} (it must be one path "
+                       "component: no '/', '..' or leading '.'); rename it")
+    path = Path(folder) / f"{text}{suffix}"
+    if os.path.dirname(os.path.normpath(path)) != os.path.normpath(folder):
+        raise SriError(f"name {text!r} would leave {folder}; rename it")
+    return path
+
+
 # ------------------------------------------------------------------------------------------- folder locks
 class _HeldLock:
     def __init__(self, fd: int) -> None:
