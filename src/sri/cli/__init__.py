@@ -34,6 +34,8 @@ __all__ = ["app", "main"]
 def _one_line(prefix: str, text: str) -> None:
     """``prefix`` (rich markup) then ``text`` (plain, never markup) on one line, whatever the terminal width."""
     flat = " ".join(str(text).split())
+    # undecodable argv bytes arrive as lone surrogates (surrogateescape): show them escaped, never fail on them
+    flat = flat.encode("utf-8", "backslashreplace").decode("utf-8")
     err.print(f"{prefix} {escape(flat)}", highlight=False, soft_wrap=True)
 
 
