@@ -62,6 +62,15 @@ def test_user_and_usage_errors_are_one_line_exit_2(monkeypatch, capsys) -> None:
     assert debug.code == 2 and "Traceback" in debug.err and debug.err.rstrip().splitlines()[-1].startswith("error:")
 
 
+def test_os_errors_about_paths_are_user_errors(tmp_path, capsys) -> None:
+    long = "x" * 300
+    res = run_cli(["trace", "--prompts", long, "--out", str(tmp_path / "o")], capsys)
+    _one_line_error(res, "the path is too long")
+    assert not (tmp_path / "o").exists()
+    res = run_cli(["trace", "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / long)], capsys)
+    _one_line_error(res, "the path is too long")
+
+
 # ------------------------------------------------------------------------------------------ kind 1: encodings
 def test_bom_is_stripped_in_every_format(tmp_path) -> None:
     from sri.data.prompts import load_prompts

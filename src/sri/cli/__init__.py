@@ -6,7 +6,8 @@ One module per area registers its commands on the shared :data:`app`. :func:`mai
 * exit 1 — an internal error (a bug): one line naming the exception and the file holding its full traceback
   (``$SRI_HOME/logs/``, or the temp folder if that cannot be written); ``--debug`` / ``SRI_DEBUG=1`` prints the
   traceback instead;
-* exit 2 — a user error (:class:`~sri.errors.SriError`, a bad option or argument): one line ``error: …``;
+* exit 2 — a user error (:class:`~sri.errors.SriError`, a bad option or argument, an OS error about a path or
+  the machine: name too long, permission denied, disk full): one line ``error: …``;
 * exit 3 — finished but incomplete (``sri trace --max-failed-batches`` skipped batches);
 * exit 130 — interrupted (completed shards are kept; re-run to resume).
 """
@@ -14,6 +15,7 @@ One module per area registers its commands on the shared :data:`app`. :func:`mai
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import sys
 import tempfile
@@ -72,6 +74,29 @@ def _internal_error(exc: BaseException) -> None:
               f"{what}; {where}; please report it (rerun with --debug to print it)")
 
 
+#: OS errors about a path the user gave or the machine's state, not bugs: a one-line user error (exit 2)
+_ENVIRONMENT = {
+    errno.ENAMETOOLONG: "the path is too long for the file system; use a shorter one",
+    errno.ENOSPC: "the disk is full; free some space and re-run (completed work is kept)",
+    errno.EDQUOT: "the disk quota is exhausted; free some space and re-run (completed work is kept)",
+    errno.EACCES: "permission denied; fix its permissions or choose another path",
+    errno.EPERM: "operation not permitted; fix its permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOENT: "no such file or folder; check the path",
+    errno.ENOTDIR: "a part of the path is not a folder; check the path",
+    errno.EISDIR: "it is a folder, not a file; check the path",
+    errno.ELOOP: "too many symbolic links; check the path",
+}
+
+
+def _environment_error(e: OSError) -> str | None:
+    if e.errno not in _ENVIRONMENT:
+        return None
+    name = str(e.filename) if e.filename is not None else ""
+    name = name if len(name) <= 120 else name[:60] + "…" + name[-40:]
+    return f"{name + ': ' if name else ''}{_ENVIRONMENT[e.errno]}"
+
+
 def _interrupted() -> None:
     err.print("[yellow]interrupted[/] — completed shards are kept; re-run the same command to resume")
     sys.exit(130)
@@ -102,7 +127,16 @@ def main() -> None:
     except BrokenPipeError:  # `sri … | head`: the reader left
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (nothing more can be shown)
         sys.exit(1)
-    except Exception as e:
+    except OSError as e:
+        message = _environment_error(e)
+        if message is None:
+            _internal_error(e)
+            sys.exit(1)
+        if debug_enabled():
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        _one_line("[red]error:[/]", message)
+        sys.exit(2)
+    except Exception as e:  # the boundary: anything else is a bug
         _internal_error(e)
         sys.exit(1)
     if code == 130:  # typer turns Ctrl-C inside a command into Exit(130)
