@@ -105,7 +105,7 @@ def _interrupted() -> None:
 def main() -> None:
     """Console entry point: the CLI's one error boundary (exit codes in the module docstring)."""
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="sri")
     except SriError as e:
         if debug_enabled():
             traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
