@@ -83,7 +83,7 @@ def test_missing_assets(prompt_file, tmp_path, capsys, monkeypatch) -> None:
 def test_bad_settings(tiny_llama_dir, prompt_file, tmp_path, capsys) -> None:
     f = prompt_file(['{"prompt": "hi"}'])
     base = ["trace", "--model", str(tiny_llama_dir), "--prompts", str(f), "--out", str(tmp_path / "o")]
-    _fails_cleanly([*base, "--steps", "0"], capsys, "steps must be positive", tmp_path / "o")
+    _fails_cleanly([*base, "--steps", "0"], capsys, "'--steps': 0 is out of range", tmp_path / "o")
     _fails_cleanly([*base, "--layers", "99"], capsys, "out of range", tmp_path / "o")
     _fails_cleanly([*base, "--pooling", "all-slots"], capsys, "does not apply to the ar sampler", tmp_path / "o")
     _fails_cleanly([*base, "--device", "cuda:0"] if not torch.cuda.is_available() else [*base, "--dtype", "fp8"],
@@ -129,8 +129,8 @@ def test_anchor_sets_that_would_be_empty(tiny_llama, tmp_path, capsys) -> None:
 def test_bad_signal_file_for_plot(tmp_path, capsys) -> None:
     f = tmp_path / "s.jsonl"
     f.write_text(json.dumps({"id": "x", "label": "harmless"}) + "\n")
-    _fails_cleanly(["plot", "--signals", str(f), "--out", str(tmp_path / "f.png")], capsys, "lacks 'sri'",
-                   tmp_path / "f.png")
+    _fails_cleanly(["plot", "--signals", str(f), "--out", str(tmp_path / "f.png")], capsys,
+                   "s.jsonl:1 has no 'refused'", tmp_path / "f.png")
 
 
 # ------------------------------------------------------------------ undecodable text, tokenizers, templates
@@ -196,7 +196,7 @@ def test_undecodable_text_in_other_inputs(tmp_path, capsys) -> None:
     latin1 = tmp_path / "p.txt"
     latin1.write_bytes("first prompt\ncaf\xe9 prompt\n".encode("latin-1"))
     _fails_cleanly(["trace", "--model", "unused", "--prompts", str(latin1), "--out", str(tmp_path / "o")], capsys,
-                   "p.txt:2 is not valid UTF-8 (byte 0xe9); save the file as UTF-8", tmp_path / "o")
+                   "p.txt:2 is not valid UTF-8: byte 0xe9 at column 4, byte offset 16", tmp_path / "o")
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"prompt": "hi", "response": "\\ud83d"}\n')
     out = tmp_path / "dlm"
@@ -268,6 +268,6 @@ def test_unusable_output_paths_and_non_finite_settings(tiny_llama_dir, prompt_fi
     _fails_cleanly([*base, "--out", str(f)], capsys, f"--out {f} is a file, but a folder is expected")
     _fails_cleanly([*base, "--out", str(f / "o")], capsys, f"{f} is a file, not a folder", f / "o")
     _fails_cleanly([*base, "--out", str(tmp_path / "o"), "--temperature", "nan"], capsys,
-                   "temperature must be a finite number", tmp_path / "o")
+                   "'--temperature': nan is not a finite number", tmp_path / "o")
     _fails_cleanly(["judge", "--input", str(f), "--field", "prompt", "--out", str(tmp_path)], capsys,
                    f"--out {tmp_path} is a folder, but a file is expected")

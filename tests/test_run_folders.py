@@ -329,7 +329,7 @@ def test_non_finite_temperature_writes_nothing(tiny_llama_dir, tmp_path, capsys,
     prompts.write_text('{"prompt": "hi"}\n')
     out = tmp_path / "o"
     _fails_cleanly(["trace", "--model", str(tiny_llama_dir), "--prompts", str(prompts), "--out", str(out),
-                    "--temperature", value], capsys, "temperature must be a finite number", out)
+                    "--temperature", value], capsys, f"'--temperature': {value} is not a finite number", out)
 
 
 def _run_config(tmp_path: Path, model: str, harmless: Path, **extra) -> Path:

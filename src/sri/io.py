@@ -117,6 +117,21 @@ def _check_writable(where: Path, path: Path, option: str) -> None:
                        "or fix its permissions")
 
 
+def safe_child(folder: str | os.PathLike[str], name: str, suffix: str = "") -> Path:
+    """``folder / (name + suffix)`` for a ``name`` that came from a config, a registry or an id: one path
+    component that stays inside ``folder`` (no separators, no ``..``, no leading dot, nothing empty); anything
+    else is a one-line error, so no name can write outside the run folder."""
+    text = str(name)
+    if (not text or text in (".", "..") or text.startswith(".") or "/" in text or "\\" in text or "\0" in text
+            or os.sep in text):
+        raise SriError(f"name {text!r} cannot be used as a file name inside {folder} (it must be one path "
+                       "component: no '/', '..' or leading '.'); rename it")
+    path = Path(folder) / f"{text}{suffix}"
+    if os.path.dirname(os.path.normpath(path)) != os.path.normpath(folder):
+        raise SriError(f"name {text!r} would leave {folder}; rename it")
+    return path
+
+
 # ------------------------------------------------------------------------------------------- folder locks
 class _HeldLock:
     def __init__(self, fd: int) -> None:
@@ -215,18 +230,37 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    """A UTF-8 text file's contents; a missing file or bytes that are not UTF-8 are a one-line error (with the
-    line number)."""
+    """A UTF-8 text file's contents, without a leading byte-order mark (editors on Windows add one; it would end
+    up inside the first prompt or hide a CSV's first column). A missing path, a folder, or bytes that are not
+    UTF-8 are a one-line error (the latter naming line, column and byte offset)."""
     path = Path(path)
+    if path.is_dir():
+        raise SriError(f"{path} is a directory, but a file is expected; give the file inside it")
     if not path.is_file():
         raise SriError(f"file {path} does not exist; check the path")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SriError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+        skipped = 3
+    else:
+        skipped = 0
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise SriError(f"{path}:{line} is not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as "
-                       "UTF-8") from None
+        raise SriError(undecodable_message(path, raw, e.start, skipped)) from None
+
+
+def undecodable_message(path: str | os.PathLike[str], raw: bytes, start: int, skipped: int = 0) -> str:
+    """``path:line`` is not valid UTF-8, with the byte, its column and its byte offset in the file."""
+    line = raw.count(b"\n", 0, start) + 1
+    column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
+    hint = (" (UTF-16 text? save it as UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:64]
+            else " (Latin-1 / Windows-1252 text? save it as UTF-8)")
+    return (f"{path}:{line} is not valid UTF-8: byte 0x{raw[start]:02x} at column {column}, byte offset "
+            f"{start + skipped}{hint}; save the file as UTF-8")
 
 
 def lone_surrogate(obj: Any, where: str = "") -> tuple[str, str] | None:
@@ -275,6 +309,11 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One JSON object per line (blank lines skipped). Invalid JSON, non-objects, bytes that are not UTF-8 and
     text that is not valid Unicode (lone surrogates) are one-line errors naming the file and line."""
+    return [row for _, row in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
+    """:func:`read_jsonl` with each row's line number in the file."""
     path = Path(path)
     rows = []
     for n, line in enumerate(read_text(path).split("\n"), 1):
@@ -284,6 +323,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise SriError(f"{path}:{n} is not valid JSON ({e.msg}); fix or regenerate the file") from None
+        except RecursionError:
+            raise SriError(f"{path}:{n} nests JSON too deeply; fix or regenerate the file") from None
         if not isinstance(row, dict):
             raise SriError(f"{path}:{n} is not a JSON object; each line must be one object")
         if "\\u" in line:  # only a JSON escape can put a lone surrogate into text decoded as UTF-8
@@ -291,8 +332,57 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if found is not None:
                 raise SriError(f"{path}:{n}: {found[0]} holds a lone surrogate ({found[1]}), which is not valid "
                                "Unicode text; fix that line (give the full character or remove the escape)")
-        rows.append(row)
+        rows.append((n, row))
     return rows
+
+
+#: fields of a `sri signal` row that the analysis commands read
+SIGNAL_FIELDS = ("id", "label", "refused", "sri", "text_signal")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNAL_FIELDS) -> list[dict[str, Any]]:
+    """The rows of a signals JSONL (`sri signal`, `sri run`), each checked for the ``fields`` the caller reads:
+    ``sri`` / ``text_signal`` lists of finite numbers of one length, ``label`` text, ``refused`` true/false,
+    ``id`` and ``key`` present. Anything else is a one-line error naming the file, the line and the field."""
+    path = Path(path)
+    fields = tuple(fields)
+    numbered = read_jsonl_numbered(path)
+    if not numbered:
+        raise SriError(f"{path} holds no signals; create it with `sri signal`")
+    length = None
+    for n, r in numbered:
+        where = f"{path}:{n}"
+        for name in fields:
+            if name not in r:
+                raise SriError(f"{where} has no '{name}'; it is not a `sri signal` row (regenerate the file with "
+                               "`sri signal`)")
+            value = r[name]
+            if name in ("sri", "text_signal"):
+                if not isinstance(value, list) or not value:
+                    raise SriError(f"{where}: '{name}' must be a non-empty list of numbers; regenerate the file "
+                                   "with `sri signal`")
+                bad = next((i for i, v in enumerate(value) if not _is_number(v)), None)
+                if bad is not None:
+                    raise SriError(f"{where}: '{name}'[{bad}] is {value[bad]!r}, not a finite number; regenerate "
+                                   "the file with `sri signal`")
+                if length is None:
+                    length = len(value)
+                elif len(value) != length:
+                    raise SriError(f"{where}: '{name}' has {len(value)} steps but earlier rows have {length}; use "
+                                   "one step count per file")
+            elif name == "label" and not isinstance(value, str):
+                raise SriError(f"{where}: 'label' must be text, not {value!r}")
+            elif name == "refused" and not isinstance(value, bool):
+                raise SriError(f"{where}: 'refused' must be true or false, not {value!r}")
+            elif name == "id" and not isinstance(value, (str, int)):
+                raise SriError(f"{where}: 'id' must be text, not {value!r}")
+            elif name == "key" and not isinstance(value, dict):
+                raise SriError(f"{where}: 'key' must be an object; regenerate the file with `sri signal`")
+    return [r for _, r in numbered]
 
 
 def _jsonable(obj: Any) -> Any:

@@ -13,12 +13,14 @@ ones (``difflib``)::
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from .errors import SriError
 
 T = TypeVar("T")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class UnknownNameError(SriError, KeyError):
@@ -40,6 +42,8 @@ class Registry(Mapping[str, T], Generic[T]):
         """Register ``item`` under ``name``; a name registered twice is a programming error (``ValueError``)."""
         if name in self._items:
             raise ValueError(f"{self.kind} '{name}' is registered twice")
+        if not _SAFE_NAME.match(name):  # names become file and folder names in run folders
+            raise ValueError(f"{self.kind} name {name!r} must be letters, digits, '.', '_' or '-' (no path)")
         self._items[name] = item
         return item
 

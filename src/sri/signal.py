@@ -193,6 +193,8 @@ def compute_signals(anchors: Anchors, store: TraceStore, layer: int | None = Non
     if not layers:
         raise IncompatibleError(f"anchors (layers {anchors.layers}) and {store.folder} (layers {store.layers}) "
                                 "share no layer; trace with the anchors' --layers")
+    if layer == -1:  # -1 = final, as in `--layers`
+        layer = None
     main = layer if layer is not None else (anchors.default_layer() if anchors.default_layer() in layers
                                            else layers[-1])
     if main not in layers:

@@ -1,29 +1,147 @@
 """The ``sri`` command line: thin wrappers that parse, call the library and print with rich.
 
-One module per area registers its commands on the shared :data:`app`.
+One module per area registers its commands on the shared :data:`app`. :func:`main` is the one error boundary:
+
+* exit 0 — done;
+* exit 1 — an internal error (a bug): one line naming the exception and the file holding its full traceback
+  (``$SRI_HOME/logs/``, or the temp folder if that cannot be written); ``--debug`` / ``SRI_DEBUG=1`` prints the
+  traceback instead;
+* exit 2 — a user error (:class:`~sri.errors.SriError`, a bad option or argument, an OS error about a path or
+  the machine: name too long, permission denied, disk full): one line ``error: …``;
+* exit 3 — finished but incomplete (``sri trace --max-failed-batches`` skipped batches);
+* exit 130 — interrupted (completed shards are kept; re-run to resume).
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from rich.markup import escape
+from typer._click import exceptions as cx  # typer ships its own click; its exceptions are these
+from typer.exceptions import Abort
 
 from ..errors import SriError
 from . import analysis, core, dlm, guard, pipeline  # noqa: F401  (registers commands)
-from .app import app, err
+from .app import app, debug_enabled, err
 
 __all__ = ["app", "main"]
 
 
+def _one_line(prefix: str, text: str) -> None:
+    """``prefix`` (rich markup) then ``text`` (plain, never markup) on one line, whatever the terminal width."""
+    flat = " ".join(str(text).split())
+    # undecodable argv bytes arrive as lone surrogates (surrogateescape): show them escaped, never fail on them
+    flat = flat.encode("utf-8", "backslashreplace").decode("utf-8")
+    err.print(f"{prefix} {escape(flat)}", highlight=False, soft_wrap=True)
+
+
+def _save_traceback(exc: BaseException) -> Path | None:
+    """Write the full traceback (with the command line) to ``$SRI_HOME/logs/crash-….txt`` or, failing that, to a
+    file in the temp folder; the path, or None if nothing could be written."""
+    from ..data.assets import sri_home
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    body = (f"sri {' '.join(sys.argv[1:])}\npython {sys.version.split()[0]}, pid {os.getpid()}, {stamp}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    for folder in (sri_home() / "logs", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f"sri-crash-{stamp}-", suffix=".txt", dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+                f.write(body)
+            return Path(name)
+        except OSError:
+            continue
+    return None
+
+
+def _internal_error(exc: BaseException) -> None:
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if debug_enabled():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        _one_line("[red]internal error[/] (a bug in sri):", f"{what}; please report it with the traceback above")
+        return
+    path = _save_traceback(exc)
+    where = f"full traceback in {path}" if path else "the traceback could not be saved; rerun with --debug"
+    _one_line("[red]internal error[/] (a bug in sri, not in your input):",
+              f"{what}; {where}; please report it (rerun with --debug to print it)")
+
+
+#: OS errors about a path the user gave or the machine's state, not bugs: a one-line user error (exit 2)
+_ENVIRONMENT = {
+    errno.ENAMETOOLONG: "the path is too long for the file system; use a shorter one",
+    errno.ENOSPC: "the disk is full; free some space and re-run (completed work is kept)",
+    errno.EDQUOT: "the disk quota is exhausted; free some space and re-run (completed work is kept)",
+    errno.EACCES: "permission denied; fix its permissions or choose another path",
+    errno.EPERM: "operation not permitted; fix its permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.ENOENT: "no such file or folder; check the path",
+    errno.ENOTDIR: "a part of the path is not a folder; check the path",
+    errno.EISDIR: "it is a folder, not a file; check the path",
+    errno.ELOOP: "too many symbolic links; check the path",
+}
+
+
+def _environment_error(e: OSError) -> str | None:
+    if e.errno not in _ENVIRONMENT:
+        return None
+    name = str(e.filename) if e.filename is not None else ""
+    name = name if len(name) <= 120 else name[:60] + "…" + name[-40:]
+    return f"{name + ': ' if name else ''}{_ENVIRONMENT[e.errno]}"
+
+
+def _interrupted() -> None:
+    err.print("[yellow]interrupted[/] — completed shards are kept; re-run the same command to resume")
+    sys.exit(130)
+
+
 def main() -> None:
-    """Console entry point: user errors become one red line and exit code 2."""
+    """Console entry point: the CLI's one error boundary (exit codes in the module docstring)."""
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="sri")
     except SriError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        if debug_enabled():
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        _one_line("[red]error:[/]", str(e))
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/] — completed shards are kept; re-run the same command to resume")
-        sys.exit(130)
+    except cx.NoArgsIsHelpError as e:  # `sri` / `sri guard` alone: the help
+        e.show()
+        sys.exit(e.exit_code)
+    except cx.UsageError as e:  # bad option, missing argument, value out of range
+        ctx = e.ctx
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _one_line("[red]error:[/]", f"{e.format_message()}{hint}")
+        sys.exit(e.exit_code)
+    except cx.ClickException as e:
+        _one_line("[red]error:[/]", e.format_message())
+        sys.exit(e.exit_code)
+    except (Abort, KeyboardInterrupt):
+        _interrupted()
+    except BrokenPipeError:  # `sri … | head`: the reader left
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (nothing more can be shown)
+        sys.exit(1)
+    except OSError as e:
+        message = _environment_error(e)
+        if message is None:
+            _internal_error(e)
+            sys.exit(1)
+        if debug_enabled():
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        _one_line("[red]error:[/]", message)
+        sys.exit(2)
+    except Exception as e:  # the boundary: anything else is a bug
+        _internal_error(e)
+        sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C inside a command into Exit(130)
+        _interrupted()
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 
 
 if __name__ == "__main__":

@@ -2,20 +2,75 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+#: Plain (click) help: rich's help panels cut long option names with "…" in narrow terminals, click never does.
+HELP = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}}
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Step-wise refusal dynamics: trace generation, compute the SRI signal, analyse, guard.")
+                  help="Step-wise refusal dynamics: trace generation, compute the SRI signal, analyse, guard.", **HELP)
 out = Console()
 err = Console(stderr=True)
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Print full tracebacks of errors (also SRI_DEBUG=1).")] =
+        False,
+) -> None:
+    _DEBUG["on"] = debug
+
+
+def debug_enabled() -> bool:
+    """``sri --debug …`` or ``SRI_DEBUG=1``: show tracebacks instead of saving them."""
+    return _DEBUG["on"] or os.environ.get("SRI_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Offline short name, local HF folder or Hub id.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16 or fp16.")]
+
+
+def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+             hi_open: bool = False) -> Callable[[Any], Any]:
+    """An option callback: the value (or each value of a repeatable option) must be a finite number in the
+    interval; anything else is a usage error (one line, exit 2) before the command runs. ``None`` (not given)
+    passes."""
+    left = "" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
+    right = "" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
+    if lo is not None and hi is not None:
+        wanted = f"in {left}, {right}"
+    elif lo is not None:
+        wanted = f"{'>' if lo_open else '≥'} {lo:g}"
+    elif hi is not None:
+        wanted = f"{'<' if hi_open else '≤'} {hi:g}"
+    else:
+        wanted = "(any finite number)"
+
+    def check(value: Any) -> Any:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise typer.BadParameter(f"{v} is not a finite number; give a number {wanted}")
+            if (lo is not None and (v < lo or (lo_open and v == lo))) or \
+                    (hi is not None and (v > hi or (hi_open and v == hi))):
+                raise typer.BadParameter(f"{v:g} is out of range; give a number {wanted}")
+        return value
+
+    return check
+
+
+#: the common ranges
+POSITIVE = in_range(1)  # counts, sizes, lengths, steps
+NON_NEGATIVE = in_range(0)  # seeds, optional counts, scales
+PROBABILITY = in_range(0, 1)
 
 
 def quiet_transformers() -> None:

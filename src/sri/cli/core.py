@@ -10,9 +10,23 @@ from rich.table import Table
 
 from ..errors import SriError
 from ..io import check_output_dir, check_output_file
-from .app import DeviceOpt, DtypeOpt, ModelOpt, app, err, load_adapter, out, quiet_transformers
+from .app import (
+    HELP,
+    NON_NEGATIVE,
+    POSITIVE,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    app,
+    err,
+    in_range,
+    load_adapter,
+    out,
+    quiet_transformers,
+)
 
-assets_app = typer.Typer(no_args_is_help=True, help="Fetch, list and verify the offline models and prompt sets.")
+assets_app = typer.Typer(no_args_is_help=True,
+                         help="Fetch, list and verify the offline models and prompt sets.", **HELP)
 app.add_typer(assets_app, name="assets")
 
 
@@ -92,45 +106,52 @@ def trace(
     out_dir: Annotated[Path, typer.Option("--out", help="Trace folder (re-running resumes it).")],
     model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
     sampler: Annotated[str, typer.Option(help="ar | diffusion | diffusion-ar (AR order on diffusion weights).")] = "ar",
-    steps: Annotated[int, typer.Option(help="Generation steps T (tokens for ar, forward passes for diffusion).")] = 32,
-    batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 8,
+    steps: Annotated[int, typer.Option(
+        callback=POSITIVE, help="Generation steps T (tokens for ar, forward passes for diffusion).")] = 32,
+    batch_size: Annotated[int, typer.Option(callback=POSITIVE, help="Prompts per batch.")] = 8,
     layers: Annotated[str, typer.Option(help="final, mid, first, or hidden-state indices, comma-separated.")] = "final",
     pooling: Annotated[str | None, typer.Option(
         help="producing (default) | generated | producing-hold | generated-hold (ar); all-slots | committed "
              "(diffusion).")] = None,
     stop_token: Annotated[list[str] | None, typer.Option(
         "--stop-token", help="Extra token (string or id) that ends a response; repeatable.")] = None,
-    max_prompts: Annotated[int | None, typer.Option(help="Use only the first K prompts.")] = None,
+    max_prompts: Annotated[int | None, typer.Option(callback=POSITIVE, help="Use only the first K prompts.")] = None,
     label: Annotated[str | None, typer.Option(help="Override every prompt's label.")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    temperature: Annotated[float, typer.Option(help="0 = greedy (diffusion: Gumbel noise scale).")] = 0.0,
-    top_k: Annotated[int, typer.Option(help="0 = off (ar; diffusion: dream-native schedule only).")] = 0,
-    top_p: Annotated[float, typer.Option(help="1 = off (ar; diffusion: dream-native schedule only).")] = 1.0,
+    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Sampling seed.")] = 0,
+    temperature: Annotated[float, typer.Option(
+        callback=NON_NEGATIVE, help="0 = greedy (diffusion: Gumbel noise scale).")] = 0.0,
+    top_k: Annotated[int, typer.Option(
+        callback=NON_NEGATIVE, help="0 = off (ar; diffusion: dream-native schedule only).")] = 0,
+    top_p: Annotated[float, typer.Option(
+        callback=in_range(0, 1, lo_open=True), help="1 = off (ar; diffusion: dream-native schedule only).")] = 1.0,
     remasking: Annotated[str | None, typer.Option(
         help="diffusion: low_confidence (default) | random | margin | entropy (llada schedule); maskgit_plus | "
              "topk_margin | entropy | origin (dream-native; sri's names map onto these).")] = None,
     schedule: Annotated[str | None, typer.Option(
         help="diffusion: llada | dream-native (default: the model family's — dream-native for Dream).")] = None,
     eps: Annotated[float | None, typer.Option(
+        callback=in_range(0, 1, lo_open=True, hi_open=True),
         help="diffusion, dream-native: last timestep of linspace(1, eps, steps+1) (default 1e-3).")] = None,
     alg_temp: Annotated[float | None, typer.Option(
+        callback=NON_NEGATIVE,
         help="diffusion, dream-native: sample the slots to commit from softmax(score/alg-temp) (0 = off).")] = None,
     gen_length: Annotated[int | None, typer.Option(
-        help="diffusion: response slots (default 128; diffusion-ar: = steps).")] = None,
+        callback=POSITIVE, help="diffusion: response slots (default 128; diffusion-ar: = steps).")] = None,
     block_length: Annotated[int | None, typer.Option(
+        callback=POSITIVE,
         help="diffusion: semi-autoregressive block length (default: gen-length, one block).")] = None,
     cfg_scale: Annotated[float | None, typer.Option(
-        help="diffusion: classifier-free guidance scale (0 = off).")] = None,
+        callback=NON_NEGATIVE, help="diffusion: classifier-free guidance scale (0 = off).")] = None,
     family: Annotated[str | None, typer.Option(
         help="diffusion: llada | dream | masked (default: from the model's config).")] = None,
     mask_id: Annotated[int | None, typer.Option(
-        help="diffusion: mask token id (default: from config/tokenizer).")] = None,
+        callback=NON_NEGATIVE, help="diffusion: mask token id (default: from config/tokenizer).")] = None,
     logit_shift: Annotated[bool | None, typer.Option(
         "--logit-shift/--no-logit-shift", help="diffusion: logits at i−1 predict token i (default: family's).")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
         help="Run modelling code shipped with the checkpoint (LLaDA, Dream). Only for code you trust.")] = False,
     system_prompt: Annotated[str, typer.Option(help="System prompt ('' for none).")] = "You are a helpful assistant",
-    max_prompt_tokens: Annotated[int, typer.Option(help="Reject longer prompts.")] = 4096,
+    max_prompt_tokens: Annotated[int, typer.Option(callback=POSITIVE, help="Reject longer prompts.")] = 4096,
     guard: Annotated[Path | None, typer.Option(help="Guard folder (`sri guard fit`): flag and stop sequences "
                                                      "while generating; verdicts go into the rows.")] = None,
     guard_stop: Annotated[bool, typer.Option(help="Stop flagged sequences (--no-guard-stop: only flag).")] = True,
@@ -138,12 +159,13 @@ def trace(
         help="local (this process) | ray (a Ray Data actor pool; needs `pip install 'sri[ray]'`).")] = "local",
     workers: Annotated[str, typer.Option(
         help="ray: workers, N or MIN-MAX (autoscaling); each loads the model once.")] = "1",
-    gpus_per_worker: Annotated[float, typer.Option(help="ray: GPUs per worker (0: CPU workers).")] = 0.0,
+    gpus_per_worker: Annotated[float, typer.Option(
+        callback=NON_NEGATIVE, help="ray: GPUs per worker (0: CPU workers).")] = 0.0,
     ray_address: Annotated[str, typer.Option(
         help="ray: local (a private cluster on this machine, shut down after) | auto (the `ray start` cluster "
              "here) | HOST:PORT.")] = "local",
     max_failed_batches: Annotated[int, typer.Option(
-        help="Skip up to K failing batches instead of stopping (re-running retries them).")] = 0,
+        callback=NON_NEGATIVE, help="Skip up to K failing batches instead of stopping (re-running retries them).")] = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
@@ -262,7 +284,9 @@ def judge(
         if out_file:
             write_jsonl(out_file, judged)
         n = sum(r["refused"] for r in judged)
-        err.print(f"{n}/{len(judged)} refusals ({n / len(judged):.1%})" + (f" → {out_file}" if out_file else ""))
+        share = f"{n / len(judged):.1%}" if judged else f"0 rows in {input_file}: nothing to judge"
+        err.print(f"{n}/{len(judged)} refusals ({share})" + (f" → {out_file}" if out_file else ""), markup=False,
+                  highlight=False, soft_wrap=True)
     for t in text or []:
         v = keyword_verdict(t)
         out.print(f"[red]REFUSAL[/] ({v.phrase!r})" if v.refused else "[green]ANSWER[/]")
@@ -296,7 +320,8 @@ def signal(
     anchors_file: Annotated[Path, typer.Option("--anchors", help="Anchor file from `sri anchors`.")],
     traces: Annotated[list[Path], typer.Option(help="Trace folder (repeatable).")],
     out_file: Annotated[Path, typer.Option("--out", help="Signals JSONL, one object per prompt.")],
-    layer: Annotated[int | None, typer.Option(help="Hidden-state index for 'sri' (default: final).")] = None,
+    layer: Annotated[int | None, typer.Option(
+        callback=in_range(-1), help="Hidden-state index for 'sri' (default or -1: final).")] = None,
 ) -> None:
     """Compute the SRI signal σ_1…σ_T of every trace."""
     from ..io import write_jsonl
@@ -345,14 +370,6 @@ def plot(
 
 
 def _signal_rows(path: Path) -> list[dict]:
-    from ..io import read_jsonl
+    from ..io import read_signal_rows
 
-    rows = read_jsonl(path)
-    if not rows:
-        raise SriError(f"{path} holds no signals; create it with `sri signal`")
-    for i, r in enumerate(rows):
-        if not isinstance(r.get("sri"), list) or "label" not in r or "refused" not in r:
-            raise SriError(f"{path} row {i + 1} lacks 'sri', 'label' or 'refused'; it is not a `sri signal` file")
-    if len({len(r["sri"]) for r in rows}) != 1:
-        raise SriError(f"{path} mixes signals of different lengths; plot one step count at a time")
-    return rows
+    return read_signal_rows(path)

@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from ..errors import SriError
-from .app import DeviceOpt, app, err, out, quiet_transformers
+from .app import HELP, NON_NEGATIVE, POSITIVE, DeviceOpt, app, err, in_range, out, quiet_transformers
 
-dlm_app = typer.Typer(no_args_is_help=True, help="Adapt an AR chat model into a masked-diffusion LM (offline).")
+dlm_app = typer.Typer(no_args_is_help=True, help="Adapt an AR chat model into a masked-diffusion LM (offline).", **HELP)
 app.add_typer(dlm_app, name="dlm")
 
 
@@ -43,25 +43,31 @@ def dlm_build(
         "qwen2.5-coder-0.5b-instruct",
     out_name: Annotated[str | None, typer.Option(
         "--out", help="Model name (→ $SRI_HOME/models/NAME) or folder; default <base>-dlm.")] = None,
-    steps: Annotated[int, typer.Option(help="Planned optimiser steps (sets the learning-rate schedule).")] = 1000,
+    steps: Annotated[int, typer.Option(
+        callback=POSITIVE, help="Planned optimiser steps (sets the learning-rate schedule).")] = 1000,
     minutes: Annotated[float | None, typer.Option(
+        callback=in_range(0, lo_open=True),
         help="Stop training after this many minutes in this call (rerun to continue).")] = None,
-    seed: Annotated[int, typer.Option(help="Seeds data order, masks and the distillation set.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Pairs per optimiser step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-4,
-    gen_length: Annotated[int, typer.Option(help="Response slots per pair (answer + end token + padding).")] = 48,
-    n_harmless: Annotated[int, typer.Option(help="Harmless training prompts.")] = 500,
-    n_harmful: Annotated[int, typer.Option(help="Harmful training prompts.")] = 400,
+    seed: Annotated[int, typer.Option(
+        callback=NON_NEGATIVE, help="Seeds data order, masks and the distillation set.")] = 0,
+    batch_size: Annotated[int, typer.Option(callback=POSITIVE, help="Pairs per optimiser step.")] = 8,
+    lr: Annotated[float, typer.Option(
+        callback=in_range(0, lo_open=True), help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-4,
+    gen_length: Annotated[int, typer.Option(
+        callback=POSITIVE, help="Response slots per pair (answer + end token + padding).")] = 48,
+    n_harmless: Annotated[int, typer.Option(callback=POSITIVE, help="Harmless training prompts.")] = 500,
+    n_harmful: Annotated[int, typer.Option(callback=POSITIVE, help="Harmful training prompts.")] = 400,
     mask_token: Annotated[str | None, typer.Option(
         help="Special token to use as the mask (default: an unused one of the base tokenizer).")] = None,
     pairs: Annotated[Path | None, typer.Option(
         help="Train on your own JSONL of prompt/response pairs instead of the distilled set.")] = None,
     gate: Annotated[bool, typer.Option("--gate/--no-gate", help="Run the quality gate at the end.")] = True,
-    gate_prompts: Annotated[int, typer.Option(help="Held-out prompts per gate set.")] = 48,
-    gate_steps: Annotated[int, typer.Option(help="Gate: diffusion steps.")] = 24,
-    gate_block_length: Annotated[int, typer.Option(help="Gate: semi-AR block length.")] = 16,
+    gate_prompts: Annotated[int, typer.Option(callback=POSITIVE, help="Held-out prompts per gate set.")] = 48,
+    gate_steps: Annotated[int, typer.Option(callback=POSITIVE, help="Gate: diffusion steps.")] = 24,
+    gate_block_length: Annotated[int, typer.Option(callback=POSITIVE, help="Gate: semi-AR block length.")] = 16,
     gate_remasking: Annotated[str, typer.Option(help="Gate: remasking strategy.")] = "low_confidence",
     threads: Annotated[int | None, typer.Option(
+        callback=POSITIVE,
         help="CPU threads for torch (default: torch's choice; 1 is faster on a CPU busy with other jobs).")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -95,14 +101,15 @@ def dlm_build(
 def dlm_gate(
     model: Annotated[str, typer.Argument(help="Built model: name under $SRI_HOME/models or folder.")],
     base: Annotated[str | None, typer.Option(help="The AR model it came from (default: from sri_dlm.json).")] = None,
-    n_prompts: Annotated[int, typer.Option(help="Held-out prompts per set.")] = 48,
-    gen_length: Annotated[int, typer.Option(help="Response slots.")] = 48,
-    steps: Annotated[int, typer.Option(help="Diffusion steps.")] = 24,
-    block_length: Annotated[int, typer.Option(help="Semi-AR block length.")] = 16,
+    n_prompts: Annotated[int, typer.Option(callback=POSITIVE, help="Held-out prompts per set.")] = 48,
+    gen_length: Annotated[int, typer.Option(callback=POSITIVE, help="Response slots.")] = 48,
+    steps: Annotated[int, typer.Option(callback=POSITIVE, help="Diffusion steps.")] = 24,
+    block_length: Annotated[int, typer.Option(callback=POSITIVE, help="Semi-AR block length.")] = 16,
     remasking: Annotated[str, typer.Option(help="low_confidence | random | margin | entropy.")] = "low_confidence",
-    batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the loss masks and random remasking.")] = 0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
+    batch_size: Annotated[int, typer.Option(callback=POSITIVE, help="Prompts per batch.")] = 8,
+    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Seed of the loss masks and random remasking.")] = 0,
+    threads: Annotated[int | None, typer.Option(
+        callback=POSITIVE, help="CPU threads for torch (default: torch's choice).")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Quality gate on held-out prompts: masked-token loss, refusal / answer rates under AR-order and diffusion
@@ -142,9 +149,9 @@ def print_gate(record: dict[str, Any]) -> None:
 @dlm_app.command("distill")
 def dlm_distill(
     teacher: Annotated[str, typer.Option(help="Refusing chat model.")] = "qwen2.5-coder-0.5b-instruct",
-    n_harmless: Annotated[int, typer.Option(help="Harmless training prompts.")] = 500,
-    n_harmful: Annotated[int, typer.Option(help="Harmful training prompts.")] = 400,
-    seed: Annotated[int, typer.Option(help="Seed of the rephrasings and refusal draws.")] = 0,
+    n_harmless: Annotated[int, typer.Option(callback=POSITIVE, help="Harmless training prompts.")] = 500,
+    n_harmful: Annotated[int, typer.Option(callback=POSITIVE, help="Harmful training prompts.")] = 400,
+    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Seed of the rephrasings and refusal draws.")] = 0,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Only build (or resume) the cached distillation set that `sri dlm build` trains on."""

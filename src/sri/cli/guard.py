@@ -8,10 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..io import check_output_dir, check_output_file
-from .app import app, err, out
+from ..io import check_output_dir, check_output_file, read_signal_rows
+from .app import HELP, NON_NEGATIVE, POSITIVE, app, err, in_range, out
 
-guard_app = typer.Typer(no_args_is_help=True, help="SRI Guard: fit a benign-only jailbreak detector and apply it.")
+#: what the guard reads of a signal row (labels are optional: benign-only checks use them when present)
+GUARD_FIELDS = ("id", "sri", "key")
+
+guard_app = typer.Typer(no_args_is_help=True,
+                        help="SRI Guard: fit a benign-only jailbreak detector and apply it.", **HELP)
 app.add_typer(guard_app, name="guard")
 
 
@@ -21,24 +25,28 @@ def guard_fit(
     calibrate: Annotated[Path, typer.Option(help="Signals JSONL of other, held-out benign prompts.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Guard folder to write.")],
     detector: Annotated[str, typer.Option(help="ae | mahalanobis | iforest | ocsvm | knn.")] = "ae",
-    quantile: Annotated[float, typer.Option(help="Threshold = this quantile of calibration scores.")] = 0.99,
+    quantile: Annotated[float, typer.Option(
+        callback=in_range(0, 1, lo_open=True, hi_open=True),
+        help="Threshold = this quantile of calibration scores.")] = 0.99,
     anchors: Annotated[Path | None, typer.Option(help="Anchor file the signals were computed with; needed to "
                                                        "guard inside generation (`sri trace --guard`).")] = None,
     stream: Annotated[str, typer.Option(help="Per-prefix detectors for streaming: union (benign flag rate "
                                              "over all prefixes ≤ 1 − q) | per-prefix | off.")] = "union",
-    min_prefix: Annotated[int, typer.Option(help="First prefix length the streaming guard decides on.")] = 1,
-    stream_every: Annotated[int, typer.Option(help="Decide every K steps (and at T) instead of every step.")] = 1,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    min_prefix: Annotated[int, typer.Option(
+        callback=POSITIVE, help="First prefix length the streaming guard decides on.")] = 1,
+    stream_every: Annotated[int, typer.Option(
+        callback=POSITIVE, help="Decide every K steps (and at T) instead of every step.")] = 1,
+    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Training seed.")] = 0,
     refusal_text: Annotated[str, typer.Option(help="Answer returned for a flagged generation.")] =
         "I'm sorry, but I can't help with that.",
 ) -> None:
     """Fit SRI Guard on benign signals only; threshold on held-out benign signals."""
     from ..guard import fit_guard
-    from ..io import read_jsonl
     from ..signal import Anchors
 
     check_output_dir(out_dir)
-    fitted = fit_guard(read_jsonl(benign), read_jsonl(calibrate), detector=detector, quantile=quantile, seed=seed,
+    fitted = fit_guard(read_signal_rows(benign, GUARD_FIELDS), read_signal_rows(calibrate, GUARD_FIELDS),
+                       detector=detector, quantile=quantile, seed=seed,
                        stream=stream, min_prefix=min_prefix, every=stream_every,
                        anchors=Anchors.load(anchors) if anchors else None, refusal_text=refusal_text,
                        sources={"benign": str(benign), "calibrate": str(calibrate)})
@@ -69,12 +77,12 @@ def guard_score(
     from collections import Counter
 
     from ..guard import Guard, signal_matrix
-    from ..io import read_jsonl, write_jsonl
+    from ..io import write_jsonl
 
     if out_file is not None:
         check_output_file(out_file, suffix=".jsonl")
     guard = Guard.load(guard_dir)
-    rows = read_jsonl(signals)
+    rows = read_signal_rows(signals, GUARD_FIELDS)
     x, key = signal_matrix(rows, str(signals))
     guard.check_key(key, str(signals))
     scores = guard.score(x)

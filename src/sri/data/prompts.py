@@ -53,6 +53,9 @@ def load_prompts(
     slices of one shuffled set (e.g. anchor prompts vs evaluation prompts) never overlap.
     """
     path = Path(source)
+    if path.is_dir():
+        raise SriError(f"prompt source {source} is a directory; give a JSONL/CSV/TXT file (or an offline dataset "
+                       "name)")
     if path.is_file():
         rows, default_source = _read_file(path), path.stem
     elif str(source) in DATASETS:
@@ -78,9 +81,15 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         rows = read_jsonl(path)
     elif suffix == ".csv":
         reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-        if reader.fieldnames is None or "prompt" not in reader.fieldnames:
-            raise SriError(f"{path} has no 'prompt' column; the CSV header must name one")
-        rows = list(reader)
+        try:
+            header = reader.fieldnames
+            if header is None or "prompt" not in header:
+                raise SriError(f"{path} has no 'prompt' column; the CSV header must name one")
+            rows = list(reader)
+        except csv.Error as e:  # e.g. a field over csv's size limit, a NUL byte
+            raise SriError(f"{path}:{reader.line_num + 1} is not valid CSV ({e}); fix that line") from None
+        for row in rows:  # a row longer than the header puts its extra cells under the key None
+            row.pop(None, None)
     elif suffix == ".txt":
         lines = read_text(path).splitlines()
         rows = [{"prompt": line} for line in lines if line.strip()]

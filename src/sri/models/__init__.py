@@ -314,12 +314,18 @@ def _load_config(spec: str, source: str, is_local: bool, trust_remote_code: bool
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         if "trust_remote_code" in str(e) and not trust_remote_code:
-            raise SriError(f"'{spec}' ships its own modelling code (auto_map in its config.json); pass "
-                           "--trust-remote-code to run that code — only if you trust its source") from None
+            raise _remote_code_error(spec) from None
         raise _load_error(spec, is_local, e) from None
 
 
+def _remote_code_error(spec: str) -> SriError:
+    return SriError(f"'{spec}' ships its own modelling code (auto_map in its config.json); pass "
+                    "--trust-remote-code to run that code — only if you trust its source")
+
+
 def _load_error(spec: str, is_local: bool, e: Exception) -> SriError:
+    if "trust_remote_code" in str(e):  # transformers refuses code shipped with the checkpoint (any part)
+        return _remote_code_error(spec)
     where = "folder" if is_local else "Hugging Face Hub id"
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return SriError(f"could not load {where} '{spec}' ({first[:160]}); check the id/path and, for Hub ids, "

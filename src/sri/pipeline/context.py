@@ -19,7 +19,7 @@ import yaml
 from .. import __version__
 from ..data.prompts import PromptRecord
 from ..errors import SriError
-from ..io import LOCK_NAME, read_json, read_text, write_json, write_text_atomic
+from ..io import LOCK_NAME, read_json, read_text, safe_child, write_json, write_text_atomic
 from ..tracing.store import TraceStore
 from .config import RunConfig, changed_keys, identity, parse_config
 
@@ -169,7 +169,7 @@ class Run:
         from ..tracing.executors import ModelSpec, load_for_execution
         from ..tracing.tracer import trace_prompts
 
-        folder = self.dir / "traces" / name
+        folder = safe_child(self.dir / "traces", name)
         if (folder / "run.json").is_file():
             store = TraceStore.open(folder)
             if {r.id for r in records} <= store.done_ids():

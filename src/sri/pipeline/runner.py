@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.prompts import PromptRecord
-from ..io import check_output_dir, folder_lock
+from ..io import check_output_dir, folder_lock, safe_child
 from . import stages
 from .config import RunConfig, config_text, load_config
 from .context import Run, claim_folder
@@ -105,7 +105,7 @@ def _run_samplers(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptReco
     run_dirs = {}
     for name, spec in cfg.samplers.items():
         sub_cfg = cfg.model_copy(update={"name": f"{cfg.name}-{name}", "sampler": spec, "samplers": {}})
-        sub_dir = run_dir / "samplers" / name
+        sub_dir = safe_child(run_dir / "samplers", name)
         log(f"sampler {name}: {spec.build().params()}")
         claim_folder(sub_dir, sub_cfg, config_text(sub_cfg), log)
         sub = Run(sub_cfg, sub_dir, progress, log)

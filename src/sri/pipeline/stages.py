@@ -26,7 +26,7 @@ import numpy as np
 from ..attacks import AttackContext, get_attack, run_attack
 from ..data.prompts import PromptRecord, load_prompts
 from ..errors import SriError
-from ..io import read_json, read_jsonl, write_json, write_jsonl
+from ..io import read_json, read_jsonl, safe_child, write_json, write_jsonl
 from ..judges.keyword import normalise
 from ..signal import Anchors, compute_signals, fit_anchors
 from ..stats.recovery import analyze_run, step_verdicts
@@ -101,7 +101,7 @@ def long_benign(dataset: str, n: int, min_chars: int, seed: int, exclude: set[st
 
 def write_prompt_sets(run: Run, sets: dict[str, list[PromptRecord]]) -> None:
     for name, records in sets.items():
-        path = run.dir / "prompts" / f"{name}.jsonl"
+        path = safe_child(run.dir / "prompts", name, ".jsonl")
         if not path.is_file():
             write_jsonl(path, [r.to_row() for r in records])
 
@@ -113,7 +113,7 @@ def attacks(run: Run, sets: dict[str, list[PromptRecord]]) -> dict[str, list[Pro
     applied to the harmless test requests (``<attack>+benign``, label harmless)."""
     out: dict[str, list[PromptRecord]] = {}
     skipped = run.prov.setdefault("skipped_attacks", {})
-    pending = [a for a in run.cfg.attacks if not (run.dir / "attacks" / f"{a.name}.jsonl").is_file()]
+    pending = [a for a in run.cfg.attacks if not safe_child(run.dir / "attacks", a.name, ".jsonl").is_file()]
     for a in pending:  # fail before building anything: optimising attacks must be able to run their model
         spec = get_attack(a.name)
         kind = run.model_kind()
@@ -125,7 +125,7 @@ def attacks(run: Run, sets: dict[str, list[PromptRecord]]) -> dict[str, list[Pro
     behaviours = sets["harmful"]
     for a in run.cfg.attacks:
         spec = get_attack(a.name)
-        final = run.dir / "attacks" / f"{a.name}.jsonl"
+        final = safe_child(run.dir / "attacks", a.name, ".jsonl")
         if not final.is_file():
             if run.model_kind() not in spec.model_kinds:
                 skipped[a.name] = f"applies to {' / '.join(spec.model_kinds)} models; this model is {run.model_kind()}"
@@ -134,7 +134,7 @@ def attacks(run: Run, sets: dict[str, list[PromptRecord]]) -> dict[str, list[Pro
             _build_attack(run, a.name, a.options, behaviours[: a.n or len(behaviours)], final)
         out[a.name] = load_prompts(final)
         if run.cfg.controls.benign_in_template and not (spec.needs_target or spec.reads_target):
-            control = run.dir / "attacks" / f"{a.name}{CONTROL_SUFFIX}.jsonl"
+            control = safe_child(run.dir / "attacks", a.name, f"{CONTROL_SUFFIX}.jsonl")
             if not control.is_file():
                 wrapped = run_attack(a.name, sets["harmless"], AttackContext(seed=run.cfg.seed), **a.options)
                 write_jsonl(control, [PromptRecord(
@@ -192,7 +192,7 @@ def judge(run: Run, stores: dict[str, TraceStore]) -> dict[str, dict[str, dict[s
     for name, store in stores.items():
         if name != "harmful" and not is_attack(name):
             continue
-        path = run.dir / "judgements" / f"{name}.jsonl"
+        path = safe_child(run.dir / "judgements", name, ".jsonl")
         done = {r["id"]: r for r in read_jsonl(path)} if path.is_file() else {}
         pending = [r for r in store.rows() if r["id"] not in done]
         chunk_size = 4 * run.cfg.judge.batch_size
@@ -349,7 +349,8 @@ def defenses(run: Run, fitted_guard: Any, fitted: Anchors, stores: dict[str, Tra
                         keep = sorted(random.Random(f"{cfg.seed}:{name}").sample(range(len(rows)),
                                                                                   cfg.defenses.smoothllm_max_prompts))
                         rows = [rows[i] for i in keep]
-                    res[dname][name] = _cached_run(run.dir / "defenses" / dname / f"{name}.json", defense, rows)
+                    path = safe_child(safe_child(run.dir / "defenses", dname), name, ".json")
+                    res[dname][name] = _cached_run(path, defense, rows)
                     advance(1)
         _judge_defense_responses(run, res, sig)
     return res
@@ -383,7 +384,7 @@ def _judge_defense_responses(run: Run, res: dict[str, dict[str, Any]], sig: dict
         for name, r in per_set.items():
             if r.responses is None or (name != "harmful" and not is_attack(name)) or "llm_harmful" in r.extra:
                 continue
-            path = run.dir / "defenses" / dname / f"{name}.json"
+            path = safe_child(safe_child(run.dir / "defenses", dname), name, ".json")
             llm = llm or run.judge()
             by_id = {x["id"]: x for x in sig[name]}
             requests = [request_of(by_id[i]) for i in r.extra["ids"]]
@@ -405,6 +406,8 @@ def analysis(run: Run, sig: dict[str, list[dict[str, Any]]], fitted: Anchors,
     a = run.cfg.analysis
     result = analyze_run(run.dir, lambda_c=a.lambda_c, lambda_r=a.lambda_r, lambda_dip=a.lambda_dip,
                          resamples=a.bootstrap, seed=run.cfg.seed)
+    if result.get("geometry_skipped"):
+        run.log(f"LDA skipped: {result['geometry_skipped']}")
     summary = tables.summary(sig, fitted.info.get("counts", {}))
     summary["model"] = run.prov.get("model", {"model": run.cfg.model})
     write_json(run.dir / "summary.json", summary)

@@ -11,13 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from ..io import atomic_path
+from .mpl import literal_text, plt
 
 REFUSED_COLOUR, ANSWERED_COLOUR, MEAN_COLOUR = "#c62828", "#2e7d32", "#111111"
 CLASS_COLOURS = {"harmless": "#1b9e77", "refused": "#d95f02", "complied-harmful": "#7570b3", "jailbreak": "#e7298a"}
@@ -39,6 +36,7 @@ def _shade(ax: Any, steps: int) -> None:
     ax.set_xlim(1, steps)
 
 
+@literal_text
 def group_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, groups: Sequence[str] | None = None,
                        max_lines: int = 40, title: str = "SRI trajectories by group") -> Path:
     """One panel per group: each prompt's σ_t (thin; red if its text refused, green if not), the group mean
@@ -75,6 +73,7 @@ def group_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, group
     return save_figure(fig, out)
 
 
+@literal_text
 def prompt_panels(rows: Sequence[dict[str, Any]], out: str | Path, *, flags: dict[str, dict[str, Any]] | None = None,
                   title: str = "Single generations: SRI and the text-level refusal signal") -> Path:
     """One panel per row, like the paper's: σ_t (line) and the text signal (step; 1 = text not refusing yet)
@@ -115,6 +114,7 @@ def _err(est: dict[str, Any] | None) -> tuple[float, float, float]:
     return v, max(lo, 0.0), max(hi, 0.0)
 
 
+@literal_text
 def attack_rates(analysis: dict[str, Any], out: str | Path, title: str = "Refusal and attack success by group"
                  ) -> Path:
     """Bars of refusal rate (keyword judge) and attack success rate (LLM judge) per group, 95% CIs."""
@@ -137,6 +137,7 @@ def attack_rates(analysis: dict[str, Any], out: str | Path, title: str = "Refusa
     return save_figure(fig, out)
 
 
+@literal_text
 def irr_bars(analysis: dict[str, Any], out: str | Path, title: str = "Internal recovery rate (λ_c = 0.5)") -> Path:
     """Grouped bars: IRR per group at each λ_r, with 95% bootstrap CIs; n (prompts ever compliant) on top."""
     table = analysis["groups"]
@@ -162,6 +163,7 @@ def irr_bars(analysis: dict[str, Any], out: str | Path, title: str = "Internal r
     return save_figure(fig, out)
 
 
+@literal_text
 def sampler_rates(comparison: dict[str, Any], out: str | Path, title: str = "Same weights, different samplers"
                   ) -> Path:
     """Grouped bars of a :mod:`sri.report.comparison`: RR (top) and ASR (bottom) per evaluation set, one bar per
@@ -186,6 +188,7 @@ def sampler_rates(comparison: dict[str, Any], out: str | Path, title: str = "Sam
     return save_figure(fig, out)
 
 
+@literal_text
 def lda_scatter(geometry: dict[str, Any], out: str | Path, title: str = "LDA projection of SRI signals") -> Path:
     """2-D LDA coordinates coloured by response class."""
     coords = np.asarray(geometry["coords"], dtype=float)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SriError
-from ..io import read_json, read_jsonl, write_text_atomic
+from ..io import read_json, read_signal_rows, read_text, write_text_atomic
 from . import figures
 
 #: Paper Table 3 (RR% / ASR% on all jailbreaks), as transcribed in PAPER.md — a reference, not ground truth.
@@ -164,6 +164,8 @@ def render_html(analysis: dict[str, Any], rows: list[dict[str, Any]], figs: dict
     if geo:
         parts.append(f"<p class=\"note\">LDA explained variance ratio {geo['explained_variance_ratio']}, "
                      f"training accuracy {geo['train_accuracy']:.2f} over {len(geo['labels'])} signals.</p>")
+    elif analysis.get("geometry_skipped"):
+        parts.append(f"<p class=\"muted\">LDA skipped: {html.escape(str(analysis['geometry_skipped']))}.</p>")
 
     flagged = [f for f in analysis["flags"] if f["flag"]]
     parts.append(f"<h2>Incomplete internal recovery ({len(flagged)} prompts)</h2>")
@@ -196,12 +198,12 @@ def build_report(run_dir: str | Path, panels: int = 4) -> Path:
     if not (run_dir / "analysis.json").is_file():
         raise SriError(f"{run_dir} has no analysis.json; run `sri analyze {run_dir}` first")
     analysis = read_json(run_dir / "analysis.json")
-    rows = read_jsonl(run_dir / "signals.jsonl")
+    rows = read_signal_rows(run_dir / "signals.jsonl")
     figs = make_figures(run_dir, analysis, rows, panels)
     config = run_dir / "config.yaml"
     prov = run_dir / "provenance.json"
     cal = run_dir / "judge-calibration.json"
-    text = render_html(analysis, rows, figs, config_text=config.read_text(encoding="utf-8") if config.is_file()
+    text = render_html(analysis, rows, figs, config_text=read_text(config) if config.is_file()
                        else None, provenance=read_json(prov) if prov.is_file() else None,
                        calibration=read_json(cal) if cal.is_file() else None,
                        title=f"sri report — {run_dir.name}")

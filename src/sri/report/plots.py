@@ -7,13 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from ..io import atomic_path
+from .mpl import literal_text, plt
 
 COMPLY_COLOUR, REFUSE_COLOUR = "#e8f5e9", "#fdecea"
 _PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
@@ -32,6 +29,7 @@ def group_name(row: dict[str, Any]) -> str:
     return f"{row['label']} · {'refused' if row['refused'] else 'answered'}"
 
 
+@literal_text
 def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title: str = "SRI over generation steps",
                       reference: Sequence[dict[str, Any]] = (), max_lines: int = 12) -> Path:
     """Two panels sharing the step axis.

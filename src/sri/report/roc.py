@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..io import atomic_path
+from .mpl import literal_text, plt
 
 
+@literal_text
 def plot_roc(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], out: str | Path, *,
              title: str = "Jailbreak detection") -> Path:
     """One ROC curve per detector from ``{name: (attack scores, benign scores)}``, with the 1% and 5% FPR

@@ -19,6 +19,7 @@ Every rate comes with a seeded percentile-bootstrap confidence interval over pro
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from ..errors import SriError
-from ..io import read_jsonl, write_json, write_jsonl
+from ..io import read_signal_rows, write_json, write_jsonl
 from .bootstrap import Estimate, conditional_share, share
 
 LAMBDA_C = 0.5
@@ -215,13 +216,35 @@ def analyze_signals(rows: Sequence[dict[str, Any]], *, lambda_c: float = LAMBDA_
             for m, f in zip(members, flags, strict=True):
                 flags_out.append({"id": m["id"], "group": name, "label": m["label"], "refused": bool(m["refused"]),
                                   **f})
-    labels = [geometry_label(r) for r in rows]
-    geometry = lda_projection([r["sri"] for r in rows], labels) if len(set(labels)) > 1 else None
-    if geometry is not None:
-        geometry["ids"] = [r["id"] for r in rows]
+    geometry, skipped = geometry_or_reason(rows)
     return {"settings": {"lambda_c": lambda_c, "lambda_r": list(lambda_r), "lambda_dip": lambda_dip,
                          "bootstrap_resamples": resamples, "seed": seed, "ci_level": 0.95},
-            "groups": table, "flags": flags_out, "geometry": geometry}
+            "groups": table, "flags": flags_out, "geometry": geometry, "geometry_skipped": skipped}
+
+
+def geometry_or_reason(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, str | None]:
+    """The LDA projection of the rows' signals, or ``(None, why it was skipped)``: fewer than two kinds of
+    response, too few signals for the classes (LDA needs more signals than classes, and a couple spare to
+    estimate the scatter), or signals too degenerate to fit (constant, collinear)."""
+    labels = [geometry_label(r) for r in rows]
+    classes = set(labels)
+    if len(classes) < 2:
+        return None, f"all {len(labels)} signals are one kind of response ('{labels[0]}'); LDA needs two"
+    if len(labels) < len(classes) + 2:
+        return None, (f"{len(labels)} signals are too few for {len(classes)} kinds of response (LDA needs at "
+                      f"least {len(classes) + 2})")
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            geometry = lda_projection([r["sri"] for r in rows], labels)
+    except (ValueError, IndexError, np.linalg.LinAlgError) as e:
+        return None, f"the signals are too degenerate to fit ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    values = [*np.asarray(geometry["coords"], dtype=float).ravel(), *geometry["explained_variance_ratio"],
+              geometry["train_accuracy"]]
+    if not np.all(np.isfinite(values)):
+        return None, "the signals are too degenerate to fit (constant or collinear: no finite projection)"
+    geometry["ids"] = [r["id"] for r in rows]
+    return geometry, None
 
 
 def analyze_run(run_dir: str | Path, **settings: Any) -> dict[str, Any]:
@@ -232,12 +255,7 @@ def analyze_run(run_dir: str | Path, **settings: Any) -> dict[str, Any]:
     if not path.is_file():
         raise SriError(f"{run_dir} has no signals.jsonl; run `sri run --config …` or `sri signal --out "
                        f"{path}` first")
-    rows = read_jsonl(path)
-    for i, r in enumerate(rows):
-        if not isinstance(r.get("sri"), list) or "refused" not in r or "label" not in r:
-            raise SriError(f"{path} row {i + 1} lacks 'sri', 'refused' or 'label'; it is not a signals file")
-    if len({len(r["sri"]) for r in rows}) > 1:
-        raise SriError(f"{path} mixes signals of different lengths; analyse one step count at a time")
+    rows = read_signal_rows(path)
     result = analyze_signals(rows, **settings)
     write_json(run_dir / "analysis.json", result)
     write_jsonl(run_dir / "flags.jsonl", result["flags"])

@@ -309,7 +309,10 @@ def _check_lengths(adapter: ModelAdapter, records: Sequence[PromptRecord], lengt
         if n > limit:
             raise SriError(f"prompt '{rec.id}' is {n} tokens, over the limit of {limit}; shorten it or raise "
                            "--max-prompt-tokens")
+        if max_pos and gen_length >= max_pos:
+            raise SriError(f"the generation length ({gen_length} tokens from --steps/--gen-length) exceeds the "
+                           f"model's context of {max_pos} tokens on its own; lower --steps (or --gen-length)")
         if max_pos and n + gen_length > max_pos:
             raise SriError(f"prompt '{rec.id}' ({n} tokens) plus {gen_length} generated tokens exceeds the "
-                           f"model's context of {max_pos}; shorten the prompt")
+                           f"model's context of {max_pos}; shorten the prompt or lower --steps (or --gen-length)")
 
