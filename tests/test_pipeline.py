@@ -73,6 +73,12 @@ def test_structural_errors_import_no_model_code() -> None:
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["config: prompts: Field required — and 1 more problem(s)", "False"]
+    cli = ("import sys\nfrom sri.cli import main\n"
+           f"sys.argv = ['sri', 'validate', {str(CONFIGS / 'guard_eval.yaml')!r}, '--set', 'guard.quantile=7']\n"
+           "try:\n    main()\nexcept SystemExit as e:\n    print(e.code, 'torch' in sys.modules)")
+    run_ = subprocess.run([sys.executable, "-c", cli], capture_output=True, text=True, check=True)
+    assert run_.stdout.split() == ["2", "False"]  # `sri validate` on a bad range: no model code imported
+    assert run_.stderr.strip() == "error: config: guard.quantile: Input should be less than 1 (got 7)"
 
 
 def test_registry_lookup_suggests_close_names() -> None:

@@ -106,9 +106,10 @@ def validate(
 ) -> None:
     """Check a run config (keys, types, ranges, registry names, prompt sets) without loading any model."""
     from ..pipeline import load_config
-    from ..pipeline.stages import prompts
 
     cfg, _ = load_config(config, parse_sets(set_))
+    from ..pipeline.stages import prompts  # (imports the models: only once the config has been read)
+
     sets = prompts(cfg)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in sets.items())
     attacks = ", ".join(a.name for a in cfg.attacks) or "none"

@@ -15,13 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..data.prompts import PromptRecord
 from ..io import check_output_dir, folder_lock, safe_child
-from . import stages
 from .config import RunConfig, config_text, load_config
-from .context import Run, claim_folder
+
+if TYPE_CHECKING:  # the stages import torch and the models: only after the config has been read
+    from ..data.prompts import PromptRecord
+    from .context import Run
 
 
 def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progress: bool = True,
@@ -41,6 +42,9 @@ def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progre
         torch.set_num_threads(cfg.execution.threads)
     run_dir = Path(out) if out is not None else Path("results") / cfg.name
     check_output_dir(run_dir)
+    from . import stages
+    from .context import claim_folder
+
     sets = stages.prompts(cfg)  # 1. every prompt set (validated before the folder is claimed)
     _check_models(cfg)
     with folder_lock(run_dir):  # one writer per run folder
@@ -53,6 +57,9 @@ def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progre
 def _run_one(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptRecord]], progress: bool,
              log: Callable[[str], None]) -> Path:
     """Stages 1–10 for one sampler."""
+    from . import stages
+    from .context import Run
+
     run_ = Run(cfg, run_dir, progress, log)
     with run_.stage(1, "prompts"):
         stages.write_prompt_sets(run_, sets)
@@ -64,6 +71,8 @@ def _run_one(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptRecord]],
 
 def _run_from_traces(run_: Run, sets: dict[str, list[PromptRecord]]) -> Path:
     """Stages 3–10 for one sampler."""
+    from . import stages
+
     t0 = time.perf_counter()
     with run_.stage(3, "traces"):
         stores = stages.traces(run_, sets)
@@ -94,6 +103,8 @@ def _run_samplers(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptReco
     """Fixed weights, several samplers: prompts and attacks once (top folder), then stages 3–10 per sampler in
     ``samplers/<name>/`` on the same prompts, and the comparison."""
     from ..report.comparison import write_comparison
+    from . import stages
+    from .context import Run, claim_folder
 
     first = next(iter(cfg.samplers.values()))
     shared = Run(cfg.model_copy(update={"sampler": first, "samplers": {}}), run_dir, progress, log)
