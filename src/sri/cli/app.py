@@ -15,8 +15,8 @@ HELP = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Step-wise refusal dynamics: trace generation, compute the SRI signal, analyse, guard.", **HELP)
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # long paths and lines are not folded when the output goes to a file
+err = Console(stderr=True, soft_wrap=True)
 _DEBUG = {"on": False}
 
 

@@ -166,10 +166,17 @@ def trace(
              "here) | HOST:PORT.")] = "local",
     max_failed_batches: Annotated[int, typer.Option(
         callback=NON_NEGATIVE, help="Skip up to K failing batches instead of stopping (re-running retries them).")] = 0,
+    threads: Annotated[int | None, typer.Option(
+        callback=POSITIVE, help="torch CPU threads of this process (a Ray worker uses 1; equal thread counts give "
+                                "bit-identical states).")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Generate step by step and store per-step pooled hidden states and texts."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from ..data.prompts import load_prompts
     from ..sampling import ARConfig, DiffusionConfig
     from ..tracing.executors import Execution, ModelSpec

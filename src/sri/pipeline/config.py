@@ -360,7 +360,8 @@ def _kind_of(sampler: BaseModel) -> str:
 # --------------------------------------------------------------------------------------------- reading
 def validation_message(e: ValidationError, root: str = "config") -> str:
     """The first problem of a pydantic error as one line with its key path."""
-    err = e.errors()[0]
+    errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")  # an unknown key explains the rest
+    err = errors[0]
     path = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     got = err.get("input")

@@ -44,8 +44,8 @@ def claim_folder(run_dir: Path, cfg: RunConfig, text: str, log: Callable[[str], 
         if changed:
             shown = ", ".join(changed[:6]) + (" …" if len(changed) > 6 else "")
             raise SriError(f"{run_dir} holds a run with another configuration (changed: {shown}); use another "
-                           "--out folder or the same config to resume (only judge, analysis and execution may "
-                           "change)")
+                           "--out folder or the same config to resume (only judge, analysis, execution and "
+                           "trust_remote_code may change)")
         if old.judge != cfg.judge:
             log("judge settings changed: the responses will be judged again")
             shutil.rmtree(run_dir / "judgements", ignore_errors=True)

@@ -69,7 +69,10 @@ def prompts(cfg: RunConfig) -> dict[str, list[PromptRecord]]:
 def select_prompts(ps: PromptSet, label: str, seed: int, exclude: set[str], where: str) -> list[PromptRecord]:
     """The first ``ps.n`` prompts of the seeded shuffle of ``ps.dataset`` matching ``ps.where`` and not in
     ``exclude`` (normalised texts)."""
-    records = load_prompts(ps.dataset, label=label, shuffle_seed=seed)
+    try:
+        records = load_prompts(ps.dataset, label=label, shuffle_seed=seed)
+    except SriError as e:
+        raise SriError(f"config: {where}.dataset: {e}") from None
     records = [r for r in records if all(str(r.meta.get(k)) == str(v) for k, v in ps.where.items())
                and normalise(r.prompt) not in exclude]
     if len(records) < ps.n:
