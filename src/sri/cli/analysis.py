@@ -14,14 +14,25 @@ from ..io import check_output_dir, check_output_file
 from .app import NON_NEGATIVE, POSITIVE, PROBABILITY, DeviceOpt, DtypeOpt, app, err, load_adapter, out
 
 
-def _parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as YAML scalars (numbers, true/false, null, strings)."""
+def _parse_options(items: list[str] | None, text_options: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as YAML scalars (numbers, true/false, null, strings), except for the
+    ``text_options`` (options whose type is text), which keep the value as given."""
+    from ..errors import clip
+
     options: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise SriError(f"--option '{item}' is not key=value; e.g. --option iterations=10")
+            raise SriError(f"--option {clip(item)} is not key=value; e.g. --option iterations=10")
         key, value = item.split("=", 1)
-        options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        key = key.strip()
+        if key in text_options or not value.strip():
+            options[key] = value
+            continue
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SriError(f"--option {clip(item)}: the value is not a number, true/false or text; quote "
+                           "it") from None
     return options
 
 
@@ -62,8 +73,11 @@ def attack(
     if not name or not prompts or out_file is None:
         raise SriError("give --attack NAME --prompts FILE --out FILE (or --list)")
     check_output_file(out_file, suffix=".jsonl")
+    from ..attacks.registry import check_options
+
     spec = get_attack(name)
-    options = _parse_options(option)
+    texts = frozenset(k for k, kinds in spec.option_types().items() if str in kinds)
+    options = check_options(name, _parse_options(option, texts))  # types and ranges, before any model loads
     records = load_prompts(prompts, max_prompts=max_prompts, shuffle_seed=shuffle_seed)
     context = AttackContext(seed=seed, progress=True)
     if spec.needs_target or spec.reads_target:

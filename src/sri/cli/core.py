@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import SriError
+from ..errors import SriError, clip
 from ..io import check_output_dir, check_output_file
 from .app import (
     HELP,
@@ -340,8 +340,11 @@ def signal(
     rows, origin = [], {}
     for folder in traces:
         for row in compute_signals(fitted, TraceStore.open(folder), layer):
+            if row["id"] in origin and origin[row["id"]] == folder:
+                raise SriError(f"id {clip(row['id'])} appears twice in --traces {folder}; ids must be unique (trace "
+                               "the prompts again into a new folder with distinct ids)")
             if row["id"] in origin:
-                raise SriError(f"id {row['id']!r} is in both --traces {origin[row['id']]} and --traces {folder}; "
+                raise SriError(f"id {clip(row['id'])} is in both --traces {origin[row['id']]} and --traces {folder}; "
                                "ids must be unique across the folders (give the prompts distinct ids)")
             origin[row["id"]] = folder
             rows.append(row)

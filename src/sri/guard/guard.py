@@ -30,7 +30,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .. import __version__
-from ..errors import IncompatibleError, SriError
+from ..errors import IncompatibleError, SriError, clip
 from ..io import atomic_path, check_output_dir, read_json, write_json
 from ..signal import Anchors
 from ..tracing.store import KEY_FIELDS, check_compatible
@@ -297,6 +297,15 @@ def fit_guard(
         raise SriError(f"stream mode '{stream}' is unknown; use one of {', '.join(STREAM_MODES)}")
     check_benign(benign, "benign signals")
     check_benign(calibrate, "calibration signals")
+    for rows, what in ((benign, "benign signals"), (calibrate, "calibration signals")):
+        seen: set[str] = set()
+        for r in rows:
+            if r.get("id") is None:
+                continue
+            if repr(r["id"]) in seen:
+                raise SriError(f"{what} hold id {clip(r['id'])} twice; each signal needs its own id (remove the "
+                               "duplicate)")
+            seen.add(repr(r["id"]))
     x, key = signal_matrix(benign, "benign signals")
     c, c_key = signal_matrix(calibrate, "calibration signals")
     check_compatible(key, c_key, "benign signals", "calibration signals", SIGNAL_KEY_FIELDS)

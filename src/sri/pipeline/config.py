@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..data.assets import DEFAULT_MODEL
 from ..data.prompts import DEFAULT_SYSTEM_PROMPT
-from ..errors import SriError
+from ..errors import SriError, clip
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(gt=0, lt=1)]
@@ -171,12 +171,17 @@ class Attack(Section):
         if not _check_names(info):
             return self
         from ..attacks import get_attack
+        from ..attacks.registry import check_options
 
         known = get_attack(self.name).options()
         unknown = sorted(set(self.options) - set(known))
         if unknown:
-            raise ValueError(f"attack '{self.name}' has no option '{unknown[0]}'; its options: "
+            raise ValueError(f"attack '{self.name}' has no option {clip(unknown[0])}; its options: "
                              f"{', '.join(known) or 'none'}")
+        try:  # types (the default's: int, float, bool, text) and the attack's own ranges
+            check_options(self.name, self.options)
+        except SriError as e:
+            raise ValueError(f"options: {e}") from None
         return self
 
 
@@ -420,7 +425,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
     if path.is_dir():
         raise SriError(f"config {path} is a directory; give a YAML file (see configs/)")
     if not path.is_file():
-        raise SriError(f"config file {path} does not exist; see configs/ for examples")
+        from ..io import missing_file
+
+        raise SriError(missing_file(path, "config file", "see configs/ for examples"))
     text = read_text(path)
     try:
         data = yaml.safe_load(text)
