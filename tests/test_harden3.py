@@ -210,3 +210,39 @@ def test_duplicate_signal_ids_are_refused_by_every_reader(tmp_path, capsys) -> N
     _one_line_error(res, "id 'p1' is already on line 2")
     with pytest.raises(SriError, match="calibration signals hold id 'p1' twice"):
         fit_guard([_signal_row(i) for i in range(10, 20)], [*rows[:3], rows[1]], detector="mahalanobis")
+
+
+# ------------------------------------------------------------------------------------------ 4. judge inputs
+@pytest.mark.parametrize("text", ["", "   ", "\u200b\u200d", "\ufeff\u2060"])
+def test_judge_refuses_empty_text(capsys, text) -> None:
+    res = run_cli(["judge", text], capsys)
+    _one_line_error(res, "text 1 is empty")
+    assert res.out == ""
+
+
+def test_judge_refuses_texts_and_input_together(tmp_path, capsys) -> None:
+    f = _write_jsonl(tmp_path / "r.jsonl", [{"response": "I'm sorry, I can't"}])
+    res = run_cli(["judge", "hello", "--input", str(f)], capsys)
+    _one_line_error(res, "not both")
+    assert res.out == ""
+
+
+@pytest.mark.parametrize("command", [["judge"], ["judge-llm"]])
+def test_output_may_not_overwrite_the_input(tmp_path, capsys, command) -> None:
+    f = _write_jsonl(tmp_path / "r.jsonl", [{"prompt": "p", "response": "I'm sorry, I can't"}])
+    before = f.read_text()
+    res = run_cli([*command, "--input", str(f), "--out", str(f)], capsys)
+    _one_line_error(res, "is the --input file")
+    assert f.read_text() == before
+
+
+# ------------------------------------------------------------------------------------------ 13. --bootstrap 0
+def test_bootstrap_0_does_not_claim_confidence_intervals(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_jsonl(run / "signals.jsonl", [_signal_row(i, refused=i % 2 == 0) for i in range(8)])
+    res = run_cli(["analyze", str(run), "--bootstrap", "0"], capsys)
+    assert res.code == 0, res.err
+    assert "95%" not in res.out and "no CIs" in res.out
+    res = run_cli(["analyze", str(run)], capsys)
+    assert "95% bootstrap CIs" in res.out

@@ -97,6 +97,15 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out", suffi
     return path
 
 
+def check_not_input(path: str | os.PathLike[str], option: str, **inputs: str | os.PathLike[str] | None) -> None:
+    """Refuse an output path that is one of the command's input files (``inputs``: option name → path), which
+    writing would overwrite."""
+    for name, given in inputs.items():
+        if given is not None and Path(given).exists() and os.path.realpath(path) == os.path.realpath(given):
+            raise SriError(f"{option} {path} is the {name} file; writing it would overwrite the input — choose "
+                           "another output path")
+
+
 def check_output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """Refuse (one line, naming the path and the fix) an output *folder* path that cannot be written: an existing
     file, a file where a parent folder should be, or no write permission. Writes nothing."""

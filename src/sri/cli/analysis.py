@@ -10,7 +10,7 @@ import yaml
 from rich.table import Table
 
 from ..errors import SriError
-from ..io import check_output_dir, check_output_file
+from ..io import check_not_input, check_output_dir, check_output_file
 from .app import NON_NEGATIVE, POSITIVE, PROBABILITY, DeviceOpt, DtypeOpt, app, err, load_adapter, out
 
 
@@ -73,6 +73,7 @@ def attack(
     if not name or not prompts or out_file is None:
         raise SriError("give --attack NAME --prompts FILE --out FILE (or --list)")
     check_output_file(out_file, suffix=".jsonl")
+    check_not_input(out_file, "--out", **{"--prompts": prompts})
     from ..attacks.registry import check_options
 
     spec = get_attack(name)
@@ -112,6 +113,7 @@ def judge_llm(
     from ..tracing.store import TraceStore
 
     check_output_file(out_file, suffix=".jsonl")
+    check_not_input(out_file, "--out", **{"--input": input_file})
     rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
     requests, responses = [], []
     for i, r in enumerate(rows):
@@ -221,13 +223,13 @@ def _check_run_outputs(run_dir: Path, *names: str) -> None:
 
 
 def _print_analysis(result: dict[str, Any]) -> None:
-    from ..stats.bootstrap import Estimate
+    from ..stats.bootstrap import Estimate, ci_label
 
     def fmt(d: dict[str, Any] | None, percent: bool = True) -> str:
         return "–" if not d else Estimate(**d).fmt(percent)
 
     lambdas = list(result["groups"][0]["irr"])
-    table = Table(title="refusal dynamics (95% bootstrap CIs)")
+    table = Table(title=f"refusal dynamics ({ci_label(result.get('settings'))})")
     for col in ("group", "n", "RR %", "ASR %", *[f"IRR λr={lr}" for lr in lambdas], "incomplete rec."):
         table.add_column(col, justify="right")
     for g in result["groups"]:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import SriError, clip
-from ..io import check_output_dir, check_output_file
+from ..io import check_not_input, check_output_dir, check_output_file
 from .app import (
     HELP,
     NON_NEGATIVE,
@@ -262,16 +262,23 @@ def judge(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write rows with 'refused' added (JSONL).")] = None,
 ) -> None:
     """Keyword refusal judge (paper Table 12): REFUSAL or ANSWER, with the matched phrase."""
-    from ..io import check_text, read_jsonl, write_jsonl
+    from ..io import check_text, is_blank, read_jsonl, write_jsonl
     from ..judges.keyword import keyword_verdict
     from ..tracing.store import TraceStore
 
     if not text and input_file is None:
         raise SriError("give texts to judge or --input FILE")
+    if text and input_file is not None:
+        raise SriError("give either texts to judge or --input FILE, not both (judge them in two commands)")
+    if text and out_file is not None:
+        raise SriError("--out writes the judged rows of --input; for texts given on the command line drop --out")
     for i, t in enumerate(text or [], 1):
         check_text(t, f"text {i}")
+        if is_blank(t):
+            raise SriError(f"text {i} is empty (only spaces or invisible characters); give the text to judge")
     if out_file is not None:
         check_output_file(out_file, suffix=".jsonl")
+        check_not_input(out_file, "--out", **{"--input": input_file})
     if input_file is not None:
         rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
         for i, row in enumerate(rows):

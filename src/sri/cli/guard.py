@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..io import check_output_dir, check_output_file, read_signal_rows
+from ..io import check_not_input, check_output_dir, check_output_file, read_signal_rows
 from .app import HELP, NON_NEGATIVE, POSITIVE, app, err, in_range, out
 
 #: what the guard reads of a signal row (labels are optional: benign-only checks use them when present)
@@ -81,6 +81,7 @@ def guard_score(
 
     if out_file is not None:
         check_output_file(out_file, suffix=".jsonl")
+        check_not_input(out_file, "--out", **{"--signals": signals})
     guard = Guard.load(guard_dir)
     rows = read_signal_rows(signals, GUARD_FIELDS)
     x, key = signal_matrix(rows, str(signals))
