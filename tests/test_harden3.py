@@ -246,3 +246,79 @@ def test_bootstrap_0_does_not_claim_confidence_intervals(tmp_path, capsys) -> No
     assert "95%" not in res.out and "no CIs" in res.out
     res = run_cli(["analyze", str(run)], capsys)
     assert "95% bootstrap CIs" in res.out
+
+
+# ------------------------------------------------------------------------------------------ 5, 6. shards
+def _fake_store(folder: Path, shards: int = 2, rows_per: int = 2):
+    import torch
+
+    from sri.tracing.store import TraceStore
+
+    key = {"model": "m", "fingerprint": "f", "hidden_size": 3, "num_layers": 2, "sampler": "ar", "steps": 2,
+           "pooling": "producing", "after_end": "repeat-state", "layers": [2]}
+    settings = {"sampler": {"name": "ar", "steps": 2, "temperature": 0.0}, "system_prompt": "s"}
+    store = TraceStore.create(folder, {"key": key, "settings": settings, "model": {"device": "cpu"}})
+    for s in range(shards):
+        rows = [{"id": f"s{s}r{i}", "label": "harmless", "response": "x"} for i in range(rows_per)]
+        store.append(rows, {2: torch.full((rows_per, 2, 3), float(s))})
+    store.close()
+    return folder
+
+
+def test_a_swapped_shard_tensor_is_caught_and_named(tmp_path, capsys) -> None:
+    from sri.tracing.store import DamagedShardError, TraceStore
+
+    folder = _fake_store(tmp_path / "t")
+    a, b = folder / "shards" / "00000.safetensors", folder / "shards" / "00001.safetensors"
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    with pytest.raises(DamagedShardError, match="00000.safetensors is damaged .*row ids differ.*delete it and re-run "
+                                                 f"`sri trace --out {folder}`"):
+        TraceStore.open(folder).load()
+    # resuming deletes the damaged shards so their prompts are traced again
+    store = TraceStore.create(folder, {k: TraceStore.open(folder).meta[k] for k in ("key", "settings")},
+                              log=lambda line: None)
+    assert sorted(store.repaired) == ["00000", "00001"]
+    store.close()
+
+
+def test_shards_without_the_row_digest_are_refused_with_a_retrace_message(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from sri.errors import IncompatibleError
+    from sri.tracing.store import TraceStore
+
+    folder = _fake_store(tmp_path / "t", shards=1)
+    shard = folder / "shards" / "00000.safetensors"
+    with __import__("safetensors").safe_open(str(shard), framework="pt") as f:
+        meta = dict(f.metadata())
+    del meta["ids_sha256"]
+    save_file(load_file(str(shard)), str(shard), metadata=meta)
+    with pytest.raises(IncompatibleError, match="carries no digest of its row ids.*trace again"):
+        TraceStore.open(folder).rows()
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m["settings"]["sampler"].update(steps=8), "settings.sampler.steps"),
+    (lambda m: m["settings"].update(system_prompt="other"), "settings.system_prompt"),
+    (lambda m: m["model"].update(device="cuda"), "model.device"),
+    (lambda m: m.update(extra=1), "extra"),
+])
+def test_an_edited_run_json_settings_section_is_named(tmp_path, capsys, edit, field) -> None:
+    from sri.errors import IncompatibleError
+    from sri.tracing.store import TraceStore
+
+    folder = _fake_store(tmp_path / "t")
+    meta = json.loads((folder / "run.json").read_text())
+    edit(meta)
+    (folder / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(IncompatibleError, match=f"run.json field {field} does not match"):
+        TraceStore.open(folder)
+    res = run_cli(["judge", "--input", str(folder)], capsys)
+    _one_line_error(res, f"field {field} does not match")
+    other = _fake_store(tmp_path / "u")
+    meta = json.loads((other / "run.json").read_text())
+    meta["created"] = "2000-01-01T00:00:00+00:00"  # bookkeeping may differ
+    (other / "run.json").write_text(json.dumps(meta))
+    assert len(TraceStore.open(other).rows()) == 4
