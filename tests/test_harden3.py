@@ -24,7 +24,7 @@ def _one_line_error(res, match: str = "", code: int = 2) -> None:
 def _signal_row(i: int, label: str = "harmless", refused: bool = False, steps: int = 4, **extra) -> dict:
     return {"id": f"p{i}", "label": label, "refused": refused, "prompt": f"prompt {i}", "response": f"answer {i}",
             "sri": [0.9 - 0.1 * ((i + t) % 3) for t in range(steps)], "text_signal": [1] * steps,
-            "key": {"model": "m", "layer": 2}, **extra}
+            "key": {"model": "m", "layer": 2, "steps": steps}, **extra}
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
@@ -322,3 +322,29 @@ def test_an_edited_run_json_settings_section_is_named(tmp_path, capsys, edit, fi
     meta["created"] = "2000-01-01T00:00:00+00:00"  # bookkeeping may differ
     (other / "run.json").write_text(json.dumps(meta))
     assert len(TraceStore.open(other).rows()) == 4
+
+
+# ------------------------------------------------------------------------------------------ 8. guard thresholds
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m.update(threshold=m["threshold"] * 10), "threshold"),
+    (lambda m: m["stream_thresholds"].update({k: 1e9 for k in m["stream_thresholds"]}), "stream_thresholds"),
+    (lambda m: m.update(quantile=0.5), "quantile"),
+    (lambda m: m.update(refusal_text="ok"), "refusal_text"),
+])
+def test_an_edited_guard_threshold_is_refused(tmp_path, capsys, edit, field) -> None:
+    from sri.guard import Guard
+
+    benign = _write_jsonl(tmp_path / "b.jsonl", [_signal_row(i) for i in range(20)])
+    calib = _write_jsonl(tmp_path / "c.jsonl", [_signal_row(i) for i in range(20, 40)])
+    res = run_cli(["guard", "fit", "--benign", str(benign), "--calibrate", str(calib), "--out", str(tmp_path / "g"),
+                   "--detector", "mahalanobis"], capsys)
+    assert res.code == 0, res.err
+    Guard.load(tmp_path / "g")  # untouched: loads
+    meta_file = tmp_path / "g" / "guard.json"
+    meta = json.loads(meta_file.read_text())
+    edit(meta)
+    meta_file.write_text(json.dumps(meta))
+    res = run_cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals", str(calib),
+                   "--out", str(tmp_path / "s.jsonl")], capsys)
+    _one_line_error(res, f"guard.json field {field} is ")
+    assert "was edited" in res.err and not (tmp_path / "s.jsonl").exists()
