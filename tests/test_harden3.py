@@ -348,3 +348,37 @@ def test_an_edited_guard_threshold_is_refused(tmp_path, capsys, edit, field) -> 
                    "--out", str(tmp_path / "s.jsonl")], capsys)
     _one_line_error(res, f"guard.json field {field} is ")
     assert "was edited" in res.err and not (tmp_path / "s.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------ 9. YAML
+def test_a_billion_laughs_config_is_refused_in_one_short_line(tmp_path, capsys) -> None:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+        lines.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
+    lines.append("name: *h")
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    res = run_cli(["validate", str(path)], capsys)
+    _one_line_error(res, "line 2: YAML aliases (*a) are not supported")
+    assert len(res.err) < 300
+
+
+def test_duplicate_yaml_keys_are_refused_with_the_line(tmp_path, capsys) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: tiny\n" + CONFIG.replace("name: tiny\n", "name: other\n"), encoding="utf-8")
+    res = run_cli(["validate", str(path)], capsys)
+    _one_line_error(res, "line 2: key 'name' is given twice in one mapping (first on line 1)")
+    path.write_text(CONFIG.replace("judge: {model: none}", "judge: {model: none, model: auto}"), encoding="utf-8")
+    res = run_cli(["validate", str(path)], capsys)
+    _one_line_error(res, "key 'model' is given twice")
+    res = run_cli(["validate", str(path), "--set", "name={a: 1, a: 2}"], capsys)
+    _one_line_error(res, "key 'a' is given twice")
+
+
+def test_echoed_values_are_truncated(tmp_path, capsys) -> None:
+    path = tmp_path / "long.yaml"
+    path.write_text(CONFIG.replace("name: tiny", "name: [" + ", ".join(["xxxxxxxx"] * 100_000) + "]"),
+                    encoding="utf-8")
+    res = run_cli(["validate", str(path)], capsys)
+    _one_line_error(res, "config: name:")
+    assert len(res.err) < 400, len(res.err)

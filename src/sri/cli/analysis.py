@@ -18,6 +18,7 @@ def _parse_options(items: list[str] | None, text_options: frozenset[str] = froze
     """``key=value`` pairs; values are read as YAML scalars (numbers, true/false, null, strings), except for the
     ``text_options`` (options whose type is text), which keep the value as given."""
     from ..errors import clip
+    from ..pipeline.config import load_yaml
 
     options: dict[str, Any] = {}
     for item in items or []:
@@ -29,7 +30,9 @@ def _parse_options(items: list[str] | None, text_options: frozenset[str] = froze
             options[key] = value
             continue
         try:
-            options[key] = yaml.safe_load(value)
+            options[key] = load_yaml(value)
+        except SriError as e:
+            raise SriError(f"--option {clip(item)}: {e}") from None
         except yaml.YAMLError:
             raise SriError(f"--option {clip(item)}: the value is not a number, true/false or text; quote "
                            "it") from None

@@ -29,15 +29,20 @@ def preset(name: str) -> Path:
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
     """``["a.b=1", …]`` → ``{"a.b": 1}`` (values parsed as YAML scalars)."""
+    from ..errors import clip
+    from ..pipeline.config import load_yaml
+
     out_: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SriError(f"--set {item!r} is not KEY=VALUE; e.g. --set prompts.harmless.n=8")
+            raise SriError(f"--set {clip(item)} is not KEY=VALUE; e.g. --set prompts.harmless.n=8")
         try:
-            out_[key.strip()] = yaml.safe_load(value)
+            out_[key.strip()] = load_yaml(value)
+        except SriError as e:
+            raise SriError(f"--set {clip(item)}: {e}") from None
         except yaml.YAMLError:
-            raise SriError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+            raise SriError(f"--set {clip(item)}: the value is not valid YAML; quote it") from None
     return out_
 
 

@@ -363,13 +363,46 @@ def _kind_of(sampler: BaseModel) -> str:
 
 
 # --------------------------------------------------------------------------------------------- reading
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` for user-written settings that refuses what YAML accepts silently: a key given twice in
+    one mapping (the last would win) and aliases (``*name``: a few lines of nested aliases — "billion laughs" —
+    expand to gigabytes). Both are one-line :class:`SriError` with the line number."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise SriError(f"line {event.start_mark.line + 1}: YAML aliases (*{clip(event.anchor, 40)[1:-1]}) are not "
+                           "supported in sri settings; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                if key in seen:
+                    raise SriError(f"line {key_node.start_mark.line + 1}: key {clip(key)} is given twice in one "
+                                   f"mapping (first on line {seen[key]}); keep one")
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse user-written YAML with :class:`StrictLoader` (raises ``yaml.YAMLError`` or :class:`SriError`)."""
+    return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass
+
+
 def validation_message(e: ValidationError, root: str = "config") -> str:
     """The first problem of a pydantic error as one line with its key path."""
     err = e.errors()[0]
     path = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     got = err.get("input")
-    shown = "" if err["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if err["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {clip(got)})"
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
         shown = ""
@@ -430,11 +463,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
         raise SriError(missing_file(path, "config file", "see configs/ for examples"))
     text = read_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise SriError(f"{path} is not valid YAML{where}; fix the syntax") from None
+    except SriError as e:
+        raise SriError(f"{path}: {e}") from None
     if overrides:
         data = apply_overrides(data, overrides)
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

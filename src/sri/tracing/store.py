@@ -82,7 +82,7 @@ def check_compatible(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: 
             sub = next(k for k in [*va, *(k for k in vb if k not in va)] if va.get(k, ...) != vb.get(k, ...))
             where, va, vb = f"{f}.{sub}", va.get(sub, "(unset)"), vb.get(sub, "(unset)")
         raise IncompatibleError(
-            f"{a_name} and {b_name} differ in {where} ({va!r} vs {vb!r}); recompute one of them with the same "
+            f"{a_name} and {b_name} differ in {where} ({clip(va)} vs {clip(vb)}); recompute one of them with the same "
             "model, system prompt, dtype, sampler settings, steps, pooling and layers")
 
 
@@ -466,5 +466,5 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     for k in sorted(set(a) | set(b)):
         if a.get(k) != b.get(k):
-            return f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
+            return f"{k}: {clip(a.get(k))} vs {clip(b.get(k))}"
     return "unknown difference"
