@@ -382,3 +382,42 @@ def test_echoed_values_are_truncated(tmp_path, capsys) -> None:
     res = run_cli(["validate", str(path)], capsys)
     _one_line_error(res, "config: name:")
     assert len(res.err) < 400, len(res.err)
+
+
+# ------------------------------------------------------------------------------------------ 10. validate models
+def test_validate_resolves_the_models_like_run(tmp_path, capsys) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG, encoding="utf-8")
+    for setting in ("model=nosuch-model", "attacker=nosuch-model", "attack_model=nosuch-model"):
+        res = run_cli(["validate", str(path), "--set", setting], capsys)
+        _one_line_error(res, "model 'nosuch-model' is unknown")
+        assert "ok:" not in res.out
+
+
+# ------------------------------------------------------------------------------------------ 12. run internals
+@pytest.mark.parametrize("inside", ["shards/00001.jsonl", "s.jsonl"])
+def test_outputs_inside_a_trace_folder_are_refused(tmp_path, capsys, inside) -> None:
+    folder = _fake_store(tmp_path / "t", shards=1)
+    before = sorted(p.name for p in (folder / "shards").iterdir())
+    out = folder / inside
+    res = run_cli(["signal", "--anchors", str(tmp_path / "a.safetensors"), "--traces", str(folder),
+                   "--out", str(out)], capsys)
+    _one_line_error(res, f"is inside the trace folder {folder}")
+    rows = _write_jsonl(tmp_path / "r.jsonl", [{"response": "I'm sorry"}])
+    res = run_cli(["judge", "--input", str(rows), "--out", str(out)], capsys)
+    _one_line_error(res, "is inside the trace folder")
+    res = run_cli(["trace", "--prompts", str(rows), "--out", str(folder / "shards" / "sub")], capsys)
+    _one_line_error(res, "is inside the trace folder")
+    assert not out.exists() and sorted(p.name for p in (folder / "shards").iterdir()) == before
+
+
+def test_outputs_inside_a_pipeline_run_folder_are_refused_but_its_own_analysis_is_not(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(CONFIG)
+    (run / "provenance.json").write_text("{}")
+    _write_jsonl(run / "signals.jsonl", [_signal_row(i, refused=i % 2 == 0) for i in range(8)])
+    res = run_cli(["plot", "--signals", str(run / "signals.jsonl"), "--out", str(run / "figures" / "x.png")], capsys)
+    _one_line_error(res, f"is inside the pipeline run folder {run}")
+    res = run_cli(["analyze", str(run), "--bootstrap", "0"], capsys)
+    assert res.code == 0, res.err

@@ -97,6 +97,40 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out", suffi
     return path
 
 
+def run_folder_above(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
+    """The nearest folder strictly above ``path`` that sri manages — a trace folder (``run.json`` + ``shards/``) or a
+    pipeline run folder (``config.yaml`` + ``provenance.json``) — and its kind, or None."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if (parent / "run.json").is_file() and (parent / "shards").is_dir():
+            return parent, "trace folder"
+        if (parent / "config.yaml").is_file() and (parent / "provenance.json").is_file():
+            return parent, "pipeline run folder"
+    return None
+
+
+def check_not_in_run_folder(path: str | os.PathLike[str], option: str = "--out") -> None:
+    """Refuse a user's output path inside a folder sri manages: sri treats what it finds there as its own (a file
+    in ``shards/`` would be deleted as a damaged shard, a run folder's files are rewritten)."""
+    found = run_folder_above(path)
+    if found is not None:
+        folder, kind = found
+        raise SriError(f"{option} {path} is inside the {kind} {folder}, whose contents sri manages (it could be "
+                       "overwritten or deleted); write it outside that folder")
+
+
+def check_user_file(path: str | os.PathLike[str], option: str = "--out", suffix: str = "") -> Path:
+    """:func:`check_output_file` for a path the user gave, also refused inside a folder sri manages."""
+    check_not_in_run_folder(path, option)
+    return check_output_file(path, option, suffix)
+
+
+def check_user_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """:func:`check_output_dir` for a folder the user gave, also refused inside a folder sri manages (the folder
+    itself may be one: resuming it)."""
+    check_not_in_run_folder(path, option)
+    return check_output_dir(path, option)
+
+
 def check_not_input(path: str | os.PathLike[str], option: str, **inputs: str | os.PathLike[str] | None) -> None:
     """Refuse an output path that is one of the command's input files (``inputs``: option name → path), which
     writing would overwrite."""

@@ -10,7 +10,7 @@ import yaml
 from rich.table import Table
 
 from ..errors import SriError
-from ..io import check_not_input, check_output_dir, check_output_file
+from ..io import check_not_input, check_output_dir, check_output_file, check_user_file
 from .app import NON_NEGATIVE, POSITIVE, PROBABILITY, DeviceOpt, DtypeOpt, app, err, load_adapter, out
 
 
@@ -75,7 +75,7 @@ def attack(
         return
     if not name or not prompts or out_file is None:
         raise SriError("give --attack NAME --prompts FILE --out FILE (or --list)")
-    check_output_file(out_file, suffix=".jsonl")
+    check_user_file(out_file, suffix=".jsonl")
     check_not_input(out_file, "--out", **{"--prompts": prompts})
     from ..attacks.registry import check_options
 
@@ -115,7 +115,7 @@ def judge_llm(
     from ..judges.llm import LLMJudge, default_judge_model
     from ..tracing.store import TraceStore
 
-    check_output_file(out_file, suffix=".jsonl")
+    check_user_file(out_file, suffix=".jsonl")
     check_not_input(out_file, "--out", **{"--input": input_file})
     rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
     requests, responses = [], []
@@ -164,7 +164,7 @@ def judge_calibrate(
     from ..judges.llm import LLMJudge, calibrate, default_judge_model
 
     if out_file is not None:
-        check_output_file(out_file, suffix=".json")
+        check_user_file(out_file, suffix=".json")
     rows = read_jsonl(dataset_path(labels) if labels in DATASETS else labels)[:max_rows]
     scorers = {}
     for name in ([] if keyword_only else (model or [default_judge_model()])):
@@ -217,7 +217,7 @@ def analyze(
 def _check_run_outputs(run_dir: Path, *names: str) -> None:
     """RUN_DIR must be a writable folder and the files written into it must not be blocked by folders (or, for a
     name ending in '/', by files)."""
-    check_output_dir(run_dir, "RUN_DIR")
+    check_output_dir(run_dir, "RUN_DIR")  # its own outputs: may sit in a run folder
     for name in names:
         if name.endswith("/"):
             check_output_dir(run_dir / name, "RUN_DIR's")

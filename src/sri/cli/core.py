@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import SriError, clip
-from ..io import check_not_input, check_output_dir, check_output_file
+from ..io import check_not_input, check_user_dir, check_user_file
 from .app import (
     HELP,
     NON_NEGATIVE,
@@ -175,7 +175,7 @@ def trace(
     from ..tracing.executors import Execution, ModelSpec
     from ..tracing.tracer import trace_prompts
 
-    check_output_dir(out_dir)
+    check_user_dir(out_dir)
 
     diffusion_opts = {"--remasking": remasking, "--gen-length": gen_length, "--block-length": block_length,
                       "--cfg-scale": cfg_scale, "--family": family, "--mask-id": mask_id,
@@ -277,7 +277,7 @@ def judge(
         if is_blank(t):
             raise SriError(f"text {i} is empty (only spaces or invisible characters); give the text to judge")
     if out_file is not None:
-        check_output_file(out_file, suffix=".jsonl")
+        check_user_file(out_file, suffix=".jsonl")
         check_not_input(out_file, "--out", **{"--input": input_file})
     if input_file is not None:
         rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
@@ -312,8 +312,8 @@ def anchors(
 
     if out_file.suffix != ".safetensors":
         raise SriError(f"--out {out_file} must end in .safetensors")
-    check_output_file(out_file, suffix=".safetensors")
-    check_output_file(out_file.with_suffix(".json"), "--out's description", suffix=".json")
+    check_user_file(out_file, suffix=".safetensors")
+    check_user_file(out_file.with_suffix(".json"), "--out's description", suffix=".json")
     fitted = fit_anchors(TraceStore.open(harmless), TraceStore.open(harmful))
     fitted.save(out_file)
     c = fitted.info["counts"]
@@ -335,7 +335,7 @@ def signal(
     from ..signal import Anchors, compute_signals
     from ..tracing.store import TraceStore
 
-    check_output_file(out_file, suffix=".jsonl")
+    check_user_file(out_file, suffix=".jsonl")
     seen: dict[Path, Path] = {}
     for folder in traces:
         real = folder.resolve()
@@ -372,7 +372,7 @@ def plot(
 
     if out_file.suffix.lower() != ".png":
         raise SriError(f"--out {out_file} must end in .png")
-    check_output_file(out_file, suffix=".png")
+    check_user_file(out_file, suffix=".png")
     rows = _signal_rows(signals)
     ref = _signal_rows(reference) if reference else []
     plot_trajectories(rows, out_file, reference=ref, title=title)

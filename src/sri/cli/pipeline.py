@@ -47,8 +47,11 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
 
 
 def _run_and_print(config: Path, out_dir: Path | None, overrides: dict[str, Any]) -> Path:
+    from ..io import check_not_in_run_folder
     from ..pipeline import run
 
+    if out_dir is not None:
+        check_not_in_run_folder(out_dir)
     quiet_transformers()
     path = run(config, out_dir, log=lambda s: err.print(f"[cyan]•[/] {s}", highlight=False), overrides=overrides)
     if path.suffix == ".md":  # several samplers: the comparison table
@@ -109,12 +112,16 @@ def validate(
     config: Annotated[Path, typer.Argument(help="Run config to check (YAML).")],
     set_: SetOpt = None,
 ) -> None:
-    """Check a run config (keys, types, ranges, registry names, prompt sets) without loading any model."""
+    """Check a run config (keys, types, ranges, registry names, prompt sets, model names: tokenizers only) without
+    loading any model weights."""
     from ..pipeline import load_config
 
     cfg, _ = load_config(config, parse_sets(set_))
+    from ..pipeline.runner import _check_models
     from ..pipeline.stages import prompts  # (imports the models: only once the config has been read)
 
+    quiet_transformers()
+    _check_models(cfg)  # every model named resolves and its tokenizer loads (no weights), as `sri run` checks
     sets = prompts(cfg)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in sets.items())
     attacks = ", ".join(a.name for a in cfg.attacks) or "none"
