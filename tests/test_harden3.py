@@ -346,7 +346,7 @@ def test_an_edited_guard_threshold_is_refused(tmp_path, capsys, edit, field) -> 
     meta_file.write_text(json.dumps(meta))
     res = run_cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals", str(calib),
                    "--out", str(tmp_path / "s.jsonl")], capsys)
-    _one_line_error(res, f"guard.json field {field} is ")
+    _one_line_error(res, f"guard.json field {field}")
     assert "was edited" in res.err and not (tmp_path / "s.jsonl").exists()
 
 

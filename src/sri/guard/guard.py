@@ -167,7 +167,6 @@ class Guard:
             raise SriError(f"{weights} is not a readable safetensors file ({type(e).__name__}); "
                            "refit with `sri guard fit`") from None
         fix = "restore it or refit with `sri guard fit`"
-        _check_decision(meta, header, meta_file, weights)
         detectors = {}
         for t_str, config in meta["detectors"].items():
             prefix = f"prefix.{t_str}."
@@ -183,6 +182,7 @@ class Guard:
                 raise SriError(f"{meta_file} field anchors is set but {weights.name} holds no anchors; {fix}")
             anchors = StepAnchors(torch.from_numpy(raw["anchors.harmless"]), torch.from_numpy(raw["anchors.harmful"]),
                                   float(meta["anchors"]["tau"]), float(meta["anchors"]["eps"]))
+        _check_decision(meta, header, meta_file, weights)  # after the detectors: a broken one is named as such
         known = {"format", "key", "quantile", "threshold", "stream_thresholds", "detectors", "anchors",
                  "refusal_text", "tensors_sha256"}
         return cls(detectors=detectors, threshold=float(meta["threshold"]),
@@ -207,12 +207,14 @@ def _check_decision(meta: dict[str, Any], header: dict[str, str], meta_file: Pat
     except json.JSONDecodeError:
         raise SriError(f"{weights} holds an unreadable copy of the guard's thresholds; refit with "
                        "`sri guard fit`") from None
+    from ..tracing.store import _difference_path
+
     for name in DECISION_FIELDS:
         if not isinstance(saved, dict) or json.loads(json.dumps(meta.get(name))) != saved.get(name):
-            got = clip(meta.get(name))
-            was = clip(saved.get(name) if isinstance(saved, dict) else None)
-            raise SriError(f"{meta_file} field {name} is {got} but the guard was fitted with {was} (guard.json was "
-                           f"edited); {fix}")
+            where, got, was = _difference_path({name: json.loads(json.dumps(meta.get(name)))},
+                                               {name: saved.get(name) if isinstance(saved, dict) else None})
+            raise SriError(f"{meta_file} field {where} is {clip(got)} but the guard was fitted with {clip(was)} "
+                           f"(guard.json was edited); {fix}")
 
 
 def _read_guard_meta(meta_file: Path) -> dict[str, Any]:
