@@ -37,7 +37,7 @@ def prompt_file(tmp_path: Path):
 def test_empty_prompt(tiny_llama_dir, prompt_file, tmp_path, capsys) -> None:
     f = prompt_file(['{"prompt": "fine"}', '{"prompt": "   "}'])
     _fails_cleanly(["trace", "--model", str(tiny_llama_dir), "--prompts", str(f), "--out", str(tmp_path / "o")],
-                   capsys, "row 2 has an empty prompt", tmp_path / "o")
+                   capsys, "p.jsonl:2 has an empty prompt", tmp_path / "o")
 
 
 def test_over_long_prompt(tiny_llama_dir, prompt_file, tmp_path, capsys) -> None:

@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 import threading
+import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -94,6 +95,49 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out", suffi
         raise SriError(f"{option} {path} exists and is not a regular file; choose another path")
     _check_writable(path.parent, path, option)
     return path
+
+
+def run_folder_above(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
+    """The nearest folder strictly above ``path`` that sri manages — a trace folder (``run.json`` + ``shards/``) or a
+    pipeline run folder (``config.yaml`` + ``provenance.json``) — and its kind, or None."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if (parent / "run.json").is_file() and (parent / "shards").is_dir():
+            return parent, "trace folder"
+        if (parent / "config.yaml").is_file() and (parent / "provenance.json").is_file():
+            return parent, "pipeline run folder"
+    return None
+
+
+def check_not_in_run_folder(path: str | os.PathLike[str], option: str = "--out") -> None:
+    """Refuse a user's output path inside a folder sri manages: sri treats what it finds there as its own (a file
+    in ``shards/`` would be deleted as a damaged shard, a run folder's files are rewritten)."""
+    found = run_folder_above(path)
+    if found is not None:
+        folder, kind = found
+        raise SriError(f"{option} {path} is inside the {kind} {folder}, whose contents sri manages (it could be "
+                       "overwritten or deleted); write it outside that folder")
+
+
+def check_user_file(path: str | os.PathLike[str], option: str = "--out", suffix: str = "") -> Path:
+    """:func:`check_output_file` for a path the user gave, also refused inside a folder sri manages."""
+    check_not_in_run_folder(path, option)
+    return check_output_file(path, option, suffix)
+
+
+def check_user_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """:func:`check_output_dir` for a folder the user gave, also refused inside a folder sri manages (the folder
+    itself may be one: resuming it)."""
+    check_not_in_run_folder(path, option)
+    return check_output_dir(path, option)
+
+
+def check_not_input(path: str | os.PathLike[str], option: str, **inputs: str | os.PathLike[str] | None) -> None:
+    """Refuse an output path that is one of the command's input files (``inputs``: option name → path), which
+    writing would overwrite."""
+    for name, given in inputs.items():
+        if given is not None and Path(given).exists() and os.path.realpath(path) == os.path.realpath(given):
+            raise SriError(f"{option} {path} is the {name} file; writing it would overwrite the input — choose "
+                           "another output path")
 
 
 def check_output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
@@ -229,6 +273,22 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
     write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
+def missing_file(path: str | os.PathLike[str], what: str, fix: str) -> str:
+    """Why the input file ``path`` cannot be read, as one line: a folder, a symbolic link loop, a broken link, or
+    absent — then ``fix`` (what to do when it is simply absent)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{what} {path} is a directory, but a file is expected; give the file inside it"
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{what} {path} is a symbolic link loop; point the link at a real file"
+        if path.is_symlink():
+            return f"{what} {path} is a broken symbolic link (to {os.readlink(path)}); point it at a real file"
+    return f"{what} {path} does not exist; {fix}"
+
+
 def read_text(path: str | os.PathLike[str]) -> str:
     """A UTF-8 text file's contents, without a leading byte-order mark (editors on Windows add one; it would end
     up inside the first prompt or hide a CSV's first column). A missing path, a folder, or bytes that are not
@@ -237,7 +297,7 @@ def read_text(path: str | os.PathLike[str]) -> str:
     if path.is_dir():
         raise SriError(f"{path} is a directory, but a file is expected; give the file inside it")
     if not path.is_file():
-        raise SriError(f"file {path} does not exist; check the path")
+        raise SriError(missing_file(path, "file", "check the path"))
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -292,13 +352,37 @@ def check_text(text: str, what: str) -> None:
                        "give the full character (both halves of a surrogate pair)")
 
 
+class _NonStandardJSON(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonStandardJSON(name)
+
+
+def loads_strict(text: str) -> Any:
+    """``json.loads`` refusing the non-standard constants ``NaN``, ``Infinity`` and ``-Infinity`` that Python's
+    json accepts by default (raised as :class:`ValueError` whose message names the constant)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing visible: only whitespace and invisible format or control characters
+    (zero-width space/joiners, word joiner, BOM, …) — such a prompt is as empty as ``"   "``."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc") for ch in text)
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     text = read_text(path)
-    try:
+    try:  # sri's own JSON files may hold NaN (an undefined metric); their readers check the fields they use
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise SriError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); fix or regenerate it") from None
+    except RecursionError:
+        raise SriError(f"{path} nests JSON too deeply; fix or regenerate it") from None
     found = lone_surrogate(obj)
     if found is not None:
         raise SriError(f"{path}: {found[0] or 'the text'} holds a lone surrogate ({found[1]}), which is not valid "
@@ -320,9 +404,12 @@ def read_jsonl_numbered(path: str | os.PathLike[str]) -> list[tuple[int, dict[st
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads_strict(line)
         except json.JSONDecodeError as e:
             raise SriError(f"{path}:{n} is not valid JSON ({e.msg}); fix or regenerate the file") from None
+        except _NonStandardJSON as e:
+            raise SriError(f"{path}:{n} is not valid JSON: it holds {e.name}, which standard JSON does not "
+                           "allow; write a number or null instead") from None
         except RecursionError:
             raise SriError(f"{path}:{n} nests JSON too deeply; fix or regenerate the file") from None
         if not isinstance(row, dict):
@@ -346,14 +433,18 @@ def _is_number(v: Any) -> bool:
 
 def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNAL_FIELDS) -> list[dict[str, Any]]:
     """The rows of a signals JSONL (`sri signal`, `sri run`), each checked for the ``fields`` the caller reads:
-    ``sri`` / ``text_signal`` lists of finite numbers of one length, ``label`` text, ``refused`` true/false,
-    ``id`` and ``key`` present. Anything else is a one-line error naming the file, the line and the field."""
+    ``sri`` / ``text_signal`` lists of numbers in [0, 1] of one length, ``label`` text, ``refused`` true/false,
+    ``id`` (unique in the file) and ``key`` present. Anything else is a one-line error naming the file, the line
+    and the field."""
+    from .errors import clip
+
     path = Path(path)
     fields = tuple(fields)
     numbered = read_jsonl_numbered(path)
     if not numbered:
         raise SriError(f"{path} holds no signals; create it with `sri signal`")
     length = None
+    seen_ids: dict[Any, int] = {}
     for n, r in numbered:
         where = f"{path}:{n}"
         for name in fields:
@@ -367,19 +458,28 @@ def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNA
                                    "with `sri signal`")
                 bad = next((i for i, v in enumerate(value) if not _is_number(v)), None)
                 if bad is not None:
-                    raise SriError(f"{where}: '{name}'[{bad}] is {value[bad]!r}, not a finite number; regenerate "
-                                   "the file with `sri signal`")
+                    raise SriError(f"{where}: '{name}'[{bad}] is {clip(value[bad])}, not a finite number; "
+                                   "regenerate the file with `sri signal`")
+                bad = next((i for i, v in enumerate(value) if not 0 <= v <= 1), None)
+                if bad is not None:  # σ is a sigmoid and the text signal 0/1: outside [0, 1] is not a signal
+                    raise SriError(f"{where}: '{name}'[{bad}] is {value[bad]!r}, outside [0, 1] where every "
+                                   "signal value lies; regenerate the file with `sri signal`")
                 if length is None:
                     length = len(value)
                 elif len(value) != length:
                     raise SriError(f"{where}: '{name}' has {len(value)} steps but earlier rows have {length}; use "
                                    "one step count per file")
             elif name == "label" and not isinstance(value, str):
-                raise SriError(f"{where}: 'label' must be text, not {value!r}")
+                raise SriError(f"{where}: 'label' must be text, not {clip(value)}")
             elif name == "refused" and not isinstance(value, bool):
-                raise SriError(f"{where}: 'refused' must be true or false, not {value!r}")
-            elif name == "id" and not isinstance(value, (str, int)):
-                raise SriError(f"{where}: 'id' must be text, not {value!r}")
+                raise SriError(f"{where}: 'refused' must be true or false, not {clip(value)}")
+            elif name == "id" and (not isinstance(value, (str, int)) or isinstance(value, bool)):
+                raise SriError(f"{where}: 'id' must be text, not {clip(value)}")
+            elif name == "id":
+                if value in seen_ids:
+                    raise SriError(f"{where}: id {clip(value)} is already on line {seen_ids[value]}; each signal "
+                                   "needs its own id (remove the duplicate row or regenerate the file)")
+                seen_ids[value] = n
             elif name == "key" and not isinstance(value, dict):
                 raise SriError(f"{where}: 'key' must be an object; regenerate the file with `sri signal`")
     return [r for _, r in numbered]

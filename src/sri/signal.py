@@ -111,7 +111,9 @@ class Anchors:
     def load(cls, path: str | Path) -> Anchors:
         path = Path(path)
         if not path.is_file():
-            raise SriError(f"anchor file {path} does not exist; create it with `sri anchors`")
+            from .io import missing_file
+
+            raise SriError(missing_file(path, "anchor file", "create it with `sri anchors`"))
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {}).get("sri", "{}"))

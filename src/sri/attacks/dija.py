@@ -47,15 +47,19 @@ def dija_prompt(request: str, mask: str, scaffold: str, slots: int, mask_run: in
     return f"{request}\n\n{lead}\n{body}"
 
 
-@register_attack("dija", family="dija", model_kinds=("masked-diffusion",), reads_target=True,
-                 description="request rewritten as interleaved text and mask slots for a diffusion model to fill "
-                             "(DIJA)")
-def dija(records: list[PromptRecord], *, context: AttackContext, scaffold: str = "random", slots: int = 4,
-         mask_run: int = 8, mask_token: str | None = None) -> list[PromptRecord]:
+def _check_dija(*, scaffold: str, slots: int, mask_run: int, **_: object) -> None:
     if scaffold not in (*SCAFFOLDS, "random"):
         raise SriError(f"DIJA scaffold '{scaffold}' is unknown; use one of {', '.join((*SCAFFOLDS, 'random'))}")
     if slots <= 0 or mask_run <= 0:
         raise SriError(f"DIJA slots and mask_run must be positive (got {slots}, {mask_run})")
+
+
+@register_attack("dija", family="dija", model_kinds=("masked-diffusion",), reads_target=True, check=_check_dija,
+                 description="request rewritten as interleaved text and mask slots for a diffusion model to fill "
+                             "(DIJA)")
+def dija(records: list[PromptRecord], *, context: AttackContext, scaffold: str = "random", slots: int = 4,
+         mask_run: int = 8, mask_token: str | None = None) -> list[PromptRecord]:
+    _check_dija(scaffold=scaffold, slots=slots, mask_run=mask_run)
     mask = model_mask_token(context.target) or mask_token or DEFAULT_MASK_TOKEN
     out = []
     for r in records:

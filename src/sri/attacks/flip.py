@@ -56,13 +56,17 @@ def flip_prompt(request: str, mode: str, demo: bool = True) -> str:
     return "\n".join(lines)
 
 
-@register_attack("flip", family="flip",
+def _check_flip(*, mode: str, **_: object) -> None:
+    if mode not in (*MODES, "random"):
+        raise SriError(f"flip mode '{mode}' is unknown; use one of {', '.join((*MODES, 'random'))}")
+
+
+@register_attack("flip", family="flip", check=_check_flip,
                  description="request with word or character order flipped, plus instructions to un-flip and "
                              "answer (FlipAttack idea)")
 def flip_attack(records: list[PromptRecord], *, context: AttackContext, mode: str = "words",
                 demo: bool = True) -> list[PromptRecord]:
-    if mode not in (*MODES, "random"):
-        raise SriError(f"flip mode '{mode}' is unknown; use one of {', '.join((*MODES, 'random'))}")
+    _check_flip(mode=mode)
     out = []
     for r in records:
         m = random.Random(behaviour_seed(context.seed, r)).choice(MODES) if mode == "random" else mode

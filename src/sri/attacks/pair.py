@@ -51,16 +51,27 @@ def _clean(text: str) -> str:
     return text
 
 
-@register_attack("pair", family="pair", needs_target=True, runs_kinds=("causal",),
+def _check_pair(*, iterations: int, attacker_max_tokens: int, target_max_tokens: int, temperature: float,
+                top_p: float, success: float, batch_size: int, **_: object) -> None:
+    for name, value in (("iterations", iterations), ("attacker_max_tokens", attacker_max_tokens),
+                        ("target_max_tokens", target_max_tokens), ("batch_size", batch_size)):
+        if value <= 0:
+            raise SriError(f"pair {name} must be positive (got {value})")
+    if temperature < 0:
+        raise SriError(f"pair temperature must be ≥ 0 (got {temperature})")
+    if not 0 < top_p <= 1:
+        raise SriError(f"pair top_p must be in (0, 1] (got {top_p})")
+
+
+@register_attack("pair", family="pair", needs_target=True, runs_kinds=("causal",), check=_check_pair,
                  description="an attacker chat model refines the prompt from the target's reply and a judge's "
                              "score (PAIR), iteration budget")
 def pair(records: list[PromptRecord], *, context: AttackContext, iterations: int = 3,
          attacker_max_tokens: int = 96, target_max_tokens: int = 32, temperature: float = 1.0,
          top_p: float = 0.9, success: float = 0.9, batch_size: int = 8) -> list[PromptRecord]:
-    for name, value in (("iterations", iterations), ("attacker_max_tokens", attacker_max_tokens),
-                        ("target_max_tokens", target_max_tokens), ("batch_size", batch_size)):
-        if value <= 0:
-            raise SriError(f"pair {name} must be positive (got {value})")
+    _check_pair(iterations=iterations, attacker_max_tokens=attacker_max_tokens,
+                target_max_tokens=target_max_tokens, temperature=temperature, top_p=top_p, success=success,
+                batch_size=batch_size)
     target = context.target
     attacker = context.attacker or target
     judge = context.judge

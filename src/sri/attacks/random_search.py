@@ -54,18 +54,27 @@ def allowed_tokens(tokenizer: Any) -> np.ndarray:
     return _allowed_cache[key]
 
 
-@register_attack("random_search", family="random_search", needs_target=True, runs_kinds=("causal",),
-                 description="adaptive template + adversarial suffix optimised by random search to raise "
-                             "log p('Sure') on the local target model")
-def random_search(records: list[PromptRecord], *, context: AttackContext, target_text: str = "Sure",
-                  iterations: int = 10, candidates: int = 4, suffix_tokens: int = 20, change_tokens: int = 3,
-                  early_stop: bool = True, batch_size: int = 8) -> list[PromptRecord]:
+def _check_random_search(*, target_text: str, iterations: int, candidates: int, suffix_tokens: int,
+                         change_tokens: int, batch_size: int, **_: object) -> None:
     for name, value in (("iterations", iterations), ("candidates", candidates), ("suffix_tokens", suffix_tokens),
                         ("change_tokens", change_tokens), ("batch_size", batch_size)):
         if value <= 0:
             raise SriError(f"random_search {name} must be positive (got {value})")
     if change_tokens > suffix_tokens:
         raise SriError(f"random_search change_tokens ({change_tokens}) exceeds suffix_tokens ({suffix_tokens})")
+    if not target_text.strip():
+        raise SriError("random_search target_text is empty; use e.g. 'Sure'")
+
+
+@register_attack("random_search", family="random_search", needs_target=True, runs_kinds=("causal",),
+                 check=_check_random_search,
+                 description="adaptive template + adversarial suffix optimised by random search to raise "
+                             "log p('Sure') on the local target model")
+def random_search(records: list[PromptRecord], *, context: AttackContext, target_text: str = "Sure",
+                  iterations: int = 10, candidates: int = 4, suffix_tokens: int = 20, change_tokens: int = 3,
+                  early_stop: bool = True, batch_size: int = 8) -> list[PromptRecord]:
+    _check_random_search(target_text=target_text, iterations=iterations, candidates=candidates,
+                         suffix_tokens=suffix_tokens, change_tokens=change_tokens, batch_size=batch_size)
     adapter = context.target
     tok = adapter.tokenizer
     target_ids = tok.encode(target_text, add_special_tokens=False)

@@ -8,13 +8,15 @@ and keeps the behaviour in ``meta``: ``behavior_id``, ``behavior`` (the original
 from __future__ import annotations
 
 import inspect
+import math
+import typing
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.prompts import PromptRecord
-from ..errors import SriError
+from ..errors import SriError, clip
 from ..registry import Registry
 
 #: every model kind a trace can come from (sri.models.adapter.Family.kind)
@@ -48,6 +50,23 @@ class AttackSpec:
     reads_target: bool = False  # reads the target's tokenizer/conventions (e.g. DIJA: its mask token)
     model_kinds: tuple[str, ...] = ALL_KINDS  # model kinds the attack applies to
     runs_kinds: tuple[str, ...] = ALL_KINDS  # kinds of model the attack can run while building prompts
+    #: the attack's own ranges: ``check(**options)`` (all options, defaults filled in) raises :class:`SriError`
+    check: Callable[..., None] | None = None
+
+    def option_types(self) -> dict[str, tuple[type, ...]]:
+        """The accepted types of each option, from its annotation (``int``, ``float``, ``bool``, ``str``; ``None``
+        where the annotation allows it), falling back to the type of its default."""
+        try:
+            hints = typing.get_type_hints(self.run)
+        except Exception:  # an unresolvable annotation: use the defaults' types
+            hints = {}
+        out: dict[str, tuple[type, ...]] = {}
+        for name, default in self.options().items():
+            hint = hints.get(name)
+            args = typing.get_args(hint) if hint is not None and typing.get_args(hint) else (hint,)
+            kinds = tuple(a for a in args if isinstance(a, type))
+            out[name] = kinds or (type(default),)
+        return out
 
     def options(self) -> dict[str, Any]:
         """The attack's options and their defaults (keyword-only parameters after ``context``)."""
@@ -61,13 +80,15 @@ ATTACKS: Registry[AttackSpec] = Registry("attack", "list them with `sri attack -
 
 def register_attack(name: str, *, family: str, description: str, needs_target: bool = False,
                     reads_target: bool = False, model_kinds: tuple[str, ...] = ALL_KINDS,
-                    runs_kinds: tuple[str, ...] = ALL_KINDS) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                    runs_kinds: tuple[str, ...] = ALL_KINDS, check: Callable[..., None] | None = None
+                    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn(records, *, context, **options) → list[PromptRecord]`` under ``name``. ``needs_target``: it
     runs a model to build prompts; ``reads_target``: it reads the target's conventions (``context.target``);
-    ``model_kinds``: the kinds of target it applies to; ``runs_kinds``: the kinds of model it can run."""
+    ``model_kinds``: the kinds of target it applies to; ``runs_kinds``: the kinds of model it can run;
+    ``check(**options)``: the options' ranges, checked before any model loads."""
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         ATTACKS.add(name, AttackSpec(name, fn, family, description, needs_target, reads_target, model_kinds,
-                                     runs_kinds))
+                                     runs_kinds, check))
         return fn
 
     return decorate
@@ -78,16 +99,56 @@ def get_attack(name: str) -> AttackSpec:
     return ATTACKS[name]
 
 
-def run_attack(name: str, records: Sequence[PromptRecord], context: AttackContext | None = None,
-               **options: Any) -> list[PromptRecord]:
-    """Apply attack ``name`` to ``records`` with ``options`` (checked against the attack's signature)."""
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text",
+               type(None): "null"}
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is type(None):
+        return value is None
+    return isinstance(value, kind)
+
+
+def _example(default: Any) -> str:
+    return "true" if default is True else "false" if default is False else "null" if default is None else str(default)
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` of attack ``name`` after checking each key is known, each value has the type of the option
+    (from its annotation or default: int, float, bool, str; finite; a whole number where an int is expected) and
+    the attack's own ranges — all without loading a model. Ints given for float options become floats. One-line
+    :class:`SriError` naming the option otherwise."""
     spec = get_attack(name)
-    context = context or AttackContext()
     known = spec.options()
-    for key in options:
+    types = spec.option_types()
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
         if key not in known:
             listed = ", ".join(known) or "none"
-            raise SriError(f"attack '{name}' has no option '{key}'; its options are: {listed}")
+            raise SriError(f"attack '{name}' has no option {clip(key)}; its options are: {listed}")
+        kinds = types[key]
+        if not any(_fits(value, k) for k in kinds):
+            expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise SriError(f"attack '{name}' option {key} is {clip(value)}, expected {expected} (default "
+                           f"{_example(known[key])}); e.g. -o {key}={_example(known[key])}")
+        checked[key] = float(value) if float in kinds and int not in kinds and isinstance(value, int) else value
+    if spec.check is not None:
+        spec.check(**{**known, **checked})
+    return checked
+
+
+def run_attack(name: str, records: Sequence[PromptRecord], context: AttackContext | None = None,
+               **options: Any) -> list[PromptRecord]:
+    """Apply attack ``name`` to ``records`` with ``options`` (checked: :func:`check_options`)."""
+    spec = get_attack(name)
+    context = context or AttackContext()
+    options = check_options(name, options)
     if spec.needs_target and context.target is None:
         raise SriError(f"attack '{name}' runs the target model; give one (--model)")
     kind = getattr(getattr(context.target, "family", None), "kind", None) if spec.needs_target else None

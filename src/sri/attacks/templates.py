@@ -73,14 +73,18 @@ def _in_the_wild(max_chars: int | None) -> tuple[tuple[str, str], ...]:
     return keep
 
 
-@register_attack("in_the_wild", family="template",
+def _check_in_the_wild(*, max_chars: int | None, **_: object) -> None:
+    if max_chars is not None and max_chars <= 0:
+        raise SriError(f"in_the_wild max_chars must be positive (got {max_chars})")
+
+
+@register_attack("in_the_wild", family="template", check=_check_in_the_wild,
                  description="one in-the-wild jailbreak template per behaviour, sampled with the seed "
                              "(offline stand-in for WildJailbreak)")
 def in_the_wild(records: list[PromptRecord], *, context: AttackContext,
                 max_chars: int | None = None) -> list[PromptRecord]:
     """``max_chars`` keeps only templates up to that length (long templates are slow to trace on a CPU)."""
-    if max_chars is not None and max_chars <= 0:
-        raise SriError(f"in_the_wild max_chars must be positive (got {max_chars})")
+    _check_in_the_wild(max_chars=max_chars)
     pool = _in_the_wild(max_chars)
     out = []
     for r in records:

@@ -33,11 +33,17 @@ from .app import app, debug_enabled, err
 __all__ = ["app", "main"]
 
 
+#: the longest error line shown (characters)
+_MAX_LINE = 1200
+
+
 def _one_line(prefix: str, text: str) -> None:
     """``prefix`` (rich markup) then ``text`` (plain, never markup) on one line, whatever the terminal width."""
     flat = " ".join(str(text).split())
     # undecodable argv bytes arrive as lone surrogates (surrogateescape): show them escaped, never fail on them
     flat = flat.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(flat) > _MAX_LINE:  # a message echoing a huge input stays one readable line: keep its head and its fix
+        flat = f"{flat[:_MAX_LINE * 2 // 3]} … {flat[-_MAX_LINE // 3:]}"
     err.print(f"{prefix} {escape(flat)}", highlight=False, soft_wrap=True)
 
 

@@ -10,18 +10,32 @@ import yaml
 from rich.table import Table
 
 from ..errors import SriError
-from ..io import check_output_dir, check_output_file
+from ..io import check_not_input, check_output_dir, check_output_file, check_user_file
 from .app import NON_NEGATIVE, POSITIVE, PROBABILITY, DeviceOpt, DtypeOpt, app, err, load_adapter, out
 
 
-def _parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as YAML scalars (numbers, true/false, null, strings)."""
+def _parse_options(items: list[str] | None, text_options: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as YAML scalars (numbers, true/false, null, strings), except for the
+    ``text_options`` (options whose type is text), which keep the value as given."""
+    from ..errors import clip
+    from ..pipeline.config import load_yaml
+
     options: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise SriError(f"--option '{item}' is not key=value; e.g. --option iterations=10")
+            raise SriError(f"--option {clip(item)} is not key=value; e.g. --option iterations=10")
         key, value = item.split("=", 1)
-        options[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        key = key.strip()
+        if key in text_options or not value.strip():
+            options[key] = value
+            continue
+        try:
+            options[key] = load_yaml(value)
+        except SriError as e:
+            raise SriError(f"--option {clip(item)}: {e}") from None
+        except yaml.YAMLError:
+            raise SriError(f"--option {clip(item)}: the value is not a number, true/false or text; quote "
+                           "it") from None
     return options
 
 
@@ -61,9 +75,13 @@ def attack(
         return
     if not name or not prompts or out_file is None:
         raise SriError("give --attack NAME --prompts FILE --out FILE (or --list)")
-    check_output_file(out_file, suffix=".jsonl")
+    check_user_file(out_file, suffix=".jsonl")
+    check_not_input(out_file, "--out", **{"--prompts": prompts})
+    from ..attacks.registry import check_options
+
     spec = get_attack(name)
-    options = _parse_options(option)
+    texts = frozenset(k for k, kinds in spec.option_types().items() if str in kinds)
+    options = check_options(name, _parse_options(option, texts))  # types and ranges, before any model loads
     records = load_prompts(prompts, max_prompts=max_prompts, shuffle_seed=shuffle_seed)
     context = AttackContext(seed=seed, progress=True)
     if spec.needs_target or spec.reads_target:
@@ -97,7 +115,8 @@ def judge_llm(
     from ..judges.llm import LLMJudge, default_judge_model
     from ..tracing.store import TraceStore
 
-    check_output_file(out_file, suffix=".jsonl")
+    check_user_file(out_file, suffix=".jsonl")
+    check_not_input(out_file, "--out", **{"--input": input_file})
     rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
     requests, responses = [], []
     for i, r in enumerate(rows):
@@ -145,7 +164,7 @@ def judge_calibrate(
     from ..judges.llm import LLMJudge, calibrate, default_judge_model
 
     if out_file is not None:
-        check_output_file(out_file, suffix=".json")
+        check_user_file(out_file, suffix=".json")
     rows = read_jsonl(dataset_path(labels) if labels in DATASETS else labels)[:max_rows]
     scorers = {}
     for name in ([] if keyword_only else (model or [default_judge_model()])):
@@ -198,7 +217,7 @@ def analyze(
 def _check_run_outputs(run_dir: Path, *names: str) -> None:
     """RUN_DIR must be a writable folder and the files written into it must not be blocked by folders (or, for a
     name ending in '/', by files)."""
-    check_output_dir(run_dir, "RUN_DIR")
+    check_output_dir(run_dir, "RUN_DIR")  # its own outputs: may sit in a run folder
     for name in names:
         if name.endswith("/"):
             check_output_dir(run_dir / name, "RUN_DIR's")
@@ -207,13 +226,13 @@ def _check_run_outputs(run_dir: Path, *names: str) -> None:
 
 
 def _print_analysis(result: dict[str, Any]) -> None:
-    from ..stats.bootstrap import Estimate
+    from ..stats.bootstrap import Estimate, ci_label
 
     def fmt(d: dict[str, Any] | None, percent: bool = True) -> str:
         return "–" if not d else Estimate(**d).fmt(percent)
 
     lambdas = list(result["groups"][0]["irr"])
-    table = Table(title="refusal dynamics (95% bootstrap CIs)")
+    table = Table(title=f"refusal dynamics ({ci_label(result.get('settings'))})")
     for col in ("group", "n", "RR %", "ASR %", *[f"IRR λr={lr}" for lr in lambdas], "incomplete rec."):
         table.add_column(col, justify="right")
     for g in result["groups"]:

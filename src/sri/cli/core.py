@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import SriError
-from ..io import check_output_dir, check_output_file
+from ..errors import SriError, clip
+from ..io import check_not_input, check_user_dir, check_user_file
 from .app import (
     HELP,
     NON_NEGATIVE,
@@ -182,7 +182,7 @@ def trace(
     from ..tracing.executors import Execution, ModelSpec
     from ..tracing.tracer import trace_prompts
 
-    check_output_dir(out_dir)
+    check_user_dir(out_dir)
 
     diffusion_opts = {"--remasking": remasking, "--gen-length": gen_length, "--block-length": block_length,
                       "--cfg-scale": cfg_scale, "--family": family, "--mask-id": mask_id,
@@ -269,16 +269,23 @@ def judge(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write rows with 'refused' added (JSONL).")] = None,
 ) -> None:
     """Keyword refusal judge (paper Table 12): REFUSAL or ANSWER, with the matched phrase."""
-    from ..io import check_text, read_jsonl, write_jsonl
+    from ..io import check_text, is_blank, read_jsonl, write_jsonl
     from ..judges.keyword import keyword_verdict
     from ..tracing.store import TraceStore
 
     if not text and input_file is None:
         raise SriError("give texts to judge or --input FILE")
+    if text and input_file is not None:
+        raise SriError("give either texts to judge or --input FILE, not both (judge them in two commands)")
+    if text and out_file is not None:
+        raise SriError("--out writes the judged rows of --input; for texts given on the command line drop --out")
     for i, t in enumerate(text or [], 1):
         check_text(t, f"text {i}")
+        if is_blank(t):
+            raise SriError(f"text {i} is empty (only spaces or invisible characters); give the text to judge")
     if out_file is not None:
-        check_output_file(out_file, suffix=".jsonl")
+        check_user_file(out_file, suffix=".jsonl")
+        check_not_input(out_file, "--out", **{"--input": input_file})
     if input_file is not None:
         rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
         for i, row in enumerate(rows):
@@ -312,8 +319,8 @@ def anchors(
 
     if out_file.suffix != ".safetensors":
         raise SriError(f"--out {out_file} must end in .safetensors")
-    check_output_file(out_file, suffix=".safetensors")
-    check_output_file(out_file.with_suffix(".json"), "--out's description", suffix=".json")
+    check_user_file(out_file, suffix=".safetensors")
+    check_user_file(out_file.with_suffix(".json"), "--out's description", suffix=".json")
     fitted = fit_anchors(TraceStore.open(harmless), TraceStore.open(harmful))
     fitted.save(out_file)
     c = fitted.info["counts"]
@@ -335,7 +342,7 @@ def signal(
     from ..signal import Anchors, compute_signals
     from ..tracing.store import TraceStore
 
-    check_output_file(out_file, suffix=".jsonl")
+    check_user_file(out_file, suffix=".jsonl")
     seen: dict[Path, Path] = {}
     for folder in traces:
         real = folder.resolve()
@@ -347,8 +354,11 @@ def signal(
     rows, origin = [], {}
     for folder in traces:
         for row in compute_signals(fitted, TraceStore.open(folder), layer):
+            if row["id"] in origin and origin[row["id"]] == folder:
+                raise SriError(f"id {clip(row['id'])} appears twice in --traces {folder}; ids must be unique (trace "
+                               "the prompts again into a new folder with distinct ids)")
             if row["id"] in origin:
-                raise SriError(f"id {row['id']!r} is in both --traces {origin[row['id']]} and --traces {folder}; "
+                raise SriError(f"id {clip(row['id'])} is in both --traces {origin[row['id']]} and --traces {folder}; "
                                "ids must be unique across the folders (give the prompts distinct ids)")
             origin[row["id"]] = folder
             rows.append(row)
@@ -369,7 +379,7 @@ def plot(
 
     if out_file.suffix.lower() != ".png":
         raise SriError(f"--out {out_file} must end in .png")
-    check_output_file(out_file, suffix=".png")
+    check_user_file(out_file, suffix=".png")
     rows = _signal_rows(signals)
     ref = _signal_rows(reference) if reference else []
     plot_trajectories(rows, out_file, reference=ref, title=title)

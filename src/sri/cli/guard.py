@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..io import check_output_dir, check_output_file, read_signal_rows
+from ..io import check_not_input, check_user_dir, check_user_file, read_signal_rows
 from .app import HELP, NON_NEGATIVE, POSITIVE, app, err, in_range, out
 
 #: what the guard reads of a signal row (labels are optional: benign-only checks use them when present)
@@ -44,7 +44,7 @@ def guard_fit(
     from ..guard import fit_guard
     from ..signal import Anchors
 
-    check_output_dir(out_dir)
+    check_user_dir(out_dir)
     fitted = fit_guard(read_signal_rows(benign, GUARD_FIELDS), read_signal_rows(calibrate, GUARD_FIELDS),
                        detector=detector, quantile=quantile, seed=seed,
                        stream=stream, min_prefix=min_prefix, every=stream_every,
@@ -80,7 +80,8 @@ def guard_score(
     from ..io import write_jsonl
 
     if out_file is not None:
-        check_output_file(out_file, suffix=".jsonl")
+        check_user_file(out_file, suffix=".jsonl")
+        check_not_input(out_file, "--out", **{"--signals": signals})
     guard = Guard.load(guard_dir)
     rows = read_signal_rows(signals, GUARD_FIELDS)
     x, key = signal_matrix(rows, str(signals))

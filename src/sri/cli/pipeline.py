@@ -29,21 +29,29 @@ def preset(name: str) -> Path:
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
     """``["a.b=1", …]`` → ``{"a.b": 1}`` (values parsed as YAML scalars)."""
+    from ..errors import clip
+    from ..pipeline.config import load_yaml
+
     out_: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SriError(f"--set {item!r} is not KEY=VALUE; e.g. --set prompts.harmless.n=8")
+            raise SriError(f"--set {clip(item)} is not KEY=VALUE; e.g. --set prompts.harmless.n=8")
         try:
-            out_[key.strip()] = yaml.safe_load(value)
+            out_[key.strip()] = load_yaml(value)
+        except SriError as e:
+            raise SriError(f"--set {clip(item)}: {e}") from None
         except yaml.YAMLError:
-            raise SriError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+            raise SriError(f"--set {clip(item)}: the value is not valid YAML; quote it") from None
     return out_
 
 
 def _run_and_print(config: Path, out_dir: Path | None, overrides: dict[str, Any]) -> Path:
+    from ..io import check_not_in_run_folder
     from ..pipeline import run
 
+    if out_dir is not None:
+        check_not_in_run_folder(out_dir)
     quiet_transformers()
     path = run(config, out_dir, log=lambda s: err.print(f"[cyan]•[/] {s}", highlight=False), overrides=overrides)
     if path.suffix == ".md":  # several samplers: the comparison table
@@ -104,12 +112,16 @@ def validate(
     config: Annotated[Path, typer.Argument(help="Run config to check (YAML).")],
     set_: SetOpt = None,
 ) -> None:
-    """Check a run config (keys, types, ranges, registry names, prompt sets) without loading any model."""
+    """Check a run config (keys, types, ranges, registry names, prompt sets, model names: tokenizers only) without
+    loading any model weights."""
     from ..pipeline import load_config
 
     cfg, _ = load_config(config, parse_sets(set_))
+    from ..pipeline.runner import _check_models
     from ..pipeline.stages import prompts  # (imports the models: only once the config has been read)
 
+    quiet_transformers()
+    _check_models(cfg)  # every model named resolves and its tokenizer loads (no weights), as `sri run` checks
     sets = prompts(cfg)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in sets.items())
     attacks = ", ".join(a.name for a in cfg.attacks) or "none"

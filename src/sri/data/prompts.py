@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SriError
-from ..io import read_jsonl, read_text
+from ..errors import SriError, clip
+from ..io import is_blank, missing_file, read_jsonl, read_jsonl_numbered, read_text
 from .assets import DATASETS, dataset_path
 
 #: The system prompt of the paper's protocol (PAPER.md, "Definitions"), used when rendering every prompt.
@@ -59,13 +59,16 @@ def load_prompts(
     if path.is_file():
         rows, default_source = _read_file(path), path.stem
     elif str(source) in DATASETS:
-        rows, default_source = read_jsonl(dataset_path(str(source))), str(source)
+        where = dataset_path(str(source))
+        rows, default_source = [(f"{where}:{n}", row) for n, row in read_jsonl_numbered(where)], str(source)
+    elif path.is_symlink():
+        raise SriError(missing_file(path, "prompt file", "check the path"))
     elif path.suffix in {".jsonl", ".json", ".csv", ".txt"} or path.parent != Path("."):
         raise SriError(f"prompt file {source} does not exist; check the path")
     else:
         raise SriError(f"'{source}' is neither a prompt file nor an offline dataset; "
                        f"use a JSONL/CSV/TXT file or one of: {', '.join(DATASETS)}")
-    records = [_to_record(row, i, path, default_source, label) for i, row in enumerate(rows)]
+    records = [_to_record(row, i, where, default_source, label) for i, (where, row) in enumerate(rows)]
     if not records:
         raise SriError(f"{source} holds no prompts; add at least one")
     _check_unique(records, source)
@@ -75,41 +78,59 @@ def load_prompts(
     return records[offset:end]
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
+def _read_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(file:line, row)`` of every prompt row of a JSONL/CSV/TXT file."""
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".json"}:
-        rows = read_jsonl(path)
+        rows = [(f"{path}:{n}", row) for n, row in read_jsonl_numbered(path)]
     elif suffix == ".csv":
         reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        rows = []
         try:
             header = reader.fieldnames
             if header is None or "prompt" not in header:
                 raise SriError(f"{path} has no 'prompt' column; the CSV header must name one")
-            rows = list(reader)
+            dup = next((h for i, h in enumerate(header) if h in header[:i]), None)
+            if dup is not None:
+                raise SriError(f"{path}:1 names the column {clip(dup)} twice; give each column a distinct name")
+            start = reader.line_num + 1
+            for row in reader:
+                rows.append((f"{path}:{start}", row))
+                start = reader.line_num + 1
         except csv.Error as e:  # e.g. a field over csv's size limit, a NUL byte
             raise SriError(f"{path}:{reader.line_num + 1} is not valid CSV ({e}); fix that line") from None
-        for row in rows:  # a row longer than the header puts its extra cells under the key None
+        for _, row in rows:  # a row longer than the header puts its extra cells under the key None
             row.pop(None, None)
     elif suffix == ".txt":
         lines = read_text(path).splitlines()
-        rows = [{"prompt": line} for line in lines if line.strip()]
+        rows = [(f"{path}:{n}", {"prompt": line}) for n, line in enumerate(lines, 1) if not is_blank(line)]
     else:
         raise SriError(f"{path}: unsupported prompt file type '{suffix}'; use .jsonl, .csv or .txt")
     return rows
 
 
-def _to_record(row: dict[str, Any], index: int, path: Path, source: str, label: str | None) -> PromptRecord:
+def _to_record(row: dict[str, Any], index: int, where: str, source: str, label: str | None) -> PromptRecord:
+    """The record of one row (``where``: ``file:line``); fields of the wrong type are one-line errors, never
+    turned into Python reprs."""
     text = row.get("prompt")
     if not isinstance(text, str):
-        raise SriError(f"{path.name} row {index + 1} has no 'prompt' text field; every row needs one")
-    if not text.strip():
-        raise SriError(f"{path.name} row {index + 1} has an empty prompt; remove it or fill it in")
+        got = "" if text is None else f" (got {clip(text)})"
+        raise SriError(f"{where} has no 'prompt' text field{got}; every row needs one")
+    if is_blank(text):
+        raise SriError(f"{where} has an empty prompt (only spaces or invisible characters); remove it or fill it in")
+    row_id = row.get("id")
+    if row_id is not None and (isinstance(row_id, bool) or not isinstance(row_id, (str, int))):
+        raise SriError(f"{where}: field 'id' is {clip(row_id)}, expected text or a whole number; fix that row")
+    for name in ("label", "source"):
+        value = row.get(name)
+        if value is not None and not isinstance(value, str):
+            raise SriError(f"{where}: field '{name}' is {clip(value)}, expected text; fix that row")
     meta = {k: v for k, v in row.items() if k not in _CORE_FIELDS}
     return PromptRecord(
-        id=str(row.get("id") if row.get("id") not in (None, "") else f"{source}-{index:05d}"),
+        id=str(row_id) if row_id not in (None, "") else f"{source}-{index:05d}",
         prompt=text,
-        label=label or str(row.get("label") or "unlabelled"),
-        source=str(row.get("source") or source),
+        label=label or row.get("label") or "unlabelled",
+        source=row.get("source") or source,
         meta=meta,
     )
 

@@ -61,7 +61,9 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     if not path.is_file():
-        raise SriError(f"pairs file {path} does not exist; check the path")
+        from ..io import missing_file
+
+        raise SriError(missing_file(path, "pairs file", "check the path"))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,11 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from .. import __version__
-from ..errors import IncompatibleError, SriError
-from ..io import atomic_path, check_output_dir, read_json, write_json
+from ..errors import IncompatibleError, SriError, clip
+from ..io import _jsonable, atomic_path, check_output_dir, read_json, write_json
 from ..signal import Anchors
 from ..tracing.store import KEY_FIELDS, check_compatible
 from .detectors import Detector, make_detector
@@ -130,18 +132,19 @@ class Guard:
             tensors["anchors.harmless"] = self.anchors.harmless.float().numpy()
             tensors["anchors.harmful"] = self.anchors.harmful.float().numpy()
         weights = folder / "guard.safetensors"
-        with atomic_path(weights) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": GUARD_FORMAT})
-        self.sha256 = _sha256(weights)
-        meta = {
-            **self.info,
-            "format": GUARD_FORMAT, "key": self.key, "quantile": self.quantile, "threshold": self.threshold,
+        decision = {
+            "key": self.key, "quantile": self.quantile, "threshold": self.threshold,
             "stream_thresholds": {str(t): v for t, v in self.stream_thresholds.items()},
             "detectors": {str(t): d.config() for t, d in self.detectors.items()},
             "anchors": None if self.anchors is None else {"tau": self.anchors.tau, "eps": self.anchors.eps},
             "refusal_text": self.refusal_text,
-            "tensors_sha256": self.sha256,
         }
+        with atomic_path(weights) as tmp:  # the decision fields ride in the tensors' metadata, under their sha256
+            save_file(tensors, str(tmp), metadata={"format": GUARD_FORMAT,
+                                                   "decision": json.dumps(decision, sort_keys=True,
+                                                                              default=_jsonable)})
+        self.sha256 = _sha256(weights)
+        meta = {**self.info, "format": GUARD_FORMAT, **decision, "tensors_sha256": self.sha256}
         write_json(folder / "guard.json", meta)
         return folder
 
@@ -158,6 +161,8 @@ class Guard:
                            "refit with `sri guard fit`")
         try:
             raw = load_file(str(weights))
+            with safe_open(str(weights), framework="np") as f:
+                header = f.metadata() or {}
         except Exception as e:  # safetensors raises its own error types for malformed files
             raise SriError(f"{weights} is not a readable safetensors file ({type(e).__name__}); "
                            "refit with `sri guard fit`") from None
@@ -177,6 +182,7 @@ class Guard:
                 raise SriError(f"{meta_file} field anchors is set but {weights.name} holds no anchors; {fix}")
             anchors = StepAnchors(torch.from_numpy(raw["anchors.harmless"]), torch.from_numpy(raw["anchors.harmful"]),
                                   float(meta["anchors"]["tau"]), float(meta["anchors"]["eps"]))
+        _check_decision(meta, header, meta_file, weights)  # after the detectors: a broken one is named as such
         known = {"format", "key", "quantile", "threshold", "stream_thresholds", "detectors", "anchors",
                  "refusal_text", "tensors_sha256"}
         return cls(detectors=detectors, threshold=float(meta["threshold"]),
@@ -184,6 +190,31 @@ class Guard:
                    quantile=float(meta["quantile"]), key=meta["key"], anchors=anchors,
                    refusal_text=meta["refusal_text"], info={k: v for k, v in meta.items() if k not in known},
                    sha256=meta["tensors_sha256"])
+
+
+#: the guard.json fields that decide what is flagged: bound to the tensors (their copy sits in the tensor file's
+#: metadata, which the recorded sha256 covers), so editing one in guard.json is refused, not silently used
+DECISION_FIELDS = ("threshold", "stream_thresholds", "quantile", "detectors", "anchors", "key", "refusal_text")
+
+
+def _check_decision(meta: dict[str, Any], header: dict[str, str], meta_file: Path, weights: Path) -> None:
+    fix = "restore it or refit with `sri guard fit`"
+    if "decision" not in header:
+        raise SriError(f"{weights} carries no copy of the guard's thresholds (written by an older sri); refit with "
+                       "`sri guard fit`")
+    try:
+        saved = json.loads(header["decision"])
+    except json.JSONDecodeError:
+        raise SriError(f"{weights} holds an unreadable copy of the guard's thresholds; refit with "
+                       "`sri guard fit`") from None
+    from ..tracing.store import _difference_path
+
+    for name in DECISION_FIELDS:
+        if not isinstance(saved, dict) or json.loads(json.dumps(meta.get(name))) != saved.get(name):
+            where, got, was = _difference_path({name: json.loads(json.dumps(meta.get(name)))},
+                                               {name: saved.get(name) if isinstance(saved, dict) else None})
+            raise SriError(f"{meta_file} field {where} is {clip(got)} but the guard was fitted with {clip(was)} "
+                           f"(guard.json was edited); {fix}")
 
 
 def _read_guard_meta(meta_file: Path) -> dict[str, Any]:
@@ -297,6 +328,15 @@ def fit_guard(
         raise SriError(f"stream mode '{stream}' is unknown; use one of {', '.join(STREAM_MODES)}")
     check_benign(benign, "benign signals")
     check_benign(calibrate, "calibration signals")
+    for rows, what in ((benign, "benign signals"), (calibrate, "calibration signals")):
+        seen: set[str] = set()
+        for r in rows:
+            if r.get("id") is None:
+                continue
+            if repr(r["id"]) in seen:
+                raise SriError(f"{what} hold id {clip(r['id'])} twice; each signal needs its own id (remove the "
+                               "duplicate)")
+            seen.add(repr(r["id"]))
     x, key = signal_matrix(benign, "benign signals")
     c, c_key = signal_matrix(calibrate, "calibration signals")
     check_compatible(key, c_key, "benign signals", "calibration signals", SIGNAL_KEY_FIELDS)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..data.assets import DEFAULT_MODEL
 from ..data.prompts import DEFAULT_SYSTEM_PROMPT
-from ..errors import SriError
+from ..errors import SriError, clip
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(gt=0, lt=1)]
@@ -171,12 +171,17 @@ class Attack(Section):
         if not _check_names(info):
             return self
         from ..attacks import get_attack
+        from ..attacks.registry import check_options
 
         known = get_attack(self.name).options()
         unknown = sorted(set(self.options) - set(known))
         if unknown:
-            raise ValueError(f"attack '{self.name}' has no option '{unknown[0]}'; its options: "
+            raise ValueError(f"attack '{self.name}' has no option {clip(unknown[0])}; its options: "
                              f"{', '.join(known) or 'none'}")
+        try:  # types (the default's: int, float, bool, text) and the attack's own ranges
+            check_options(self.name, self.options)
+        except SriError as e:
+            raise ValueError(f"options: {e}") from None
         return self
 
 
@@ -358,6 +363,39 @@ def _kind_of(sampler: BaseModel) -> str:
 
 
 # --------------------------------------------------------------------------------------------- reading
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` for user-written settings that refuses what YAML accepts silently: a key given twice in
+    one mapping (the last would win) and aliases (``*name``: a few lines of nested aliases — "billion laughs" —
+    expand to gigabytes). Both are one-line :class:`SriError` with the line number."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise SriError(f"line {event.start_mark.line + 1}: YAML aliases (*{clip(event.anchor, 40)[1:-1]}) are not "
+                           "supported in sri settings; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                if key in seen:
+                    raise SriError(f"line {key_node.start_mark.line + 1}: key {clip(key)} is given twice in one "
+                                   f"mapping (first on line {seen[key]}); keep one")
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse user-written YAML with :class:`StrictLoader` (raises ``yaml.YAMLError`` or :class:`SriError`)."""
+    return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass
+
+
 def validation_message(e: ValidationError, root: str = "config") -> str:
     """The first problem of a pydantic error as one line with its key path."""
     errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")  # an unknown key explains the rest
@@ -365,7 +403,7 @@ def validation_message(e: ValidationError, root: str = "config") -> str:
     path = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
     msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     got = err.get("input")
-    shown = "" if err["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if err["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {clip(got)})"
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
         shown = ""
@@ -421,14 +459,18 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
     if path.is_dir():
         raise SriError(f"config {path} is a directory; give a YAML file (see configs/)")
     if not path.is_file():
-        raise SriError(f"config file {path} does not exist; see configs/ for examples")
+        from ..io import missing_file
+
+        raise SriError(missing_file(path, "config file", "see configs/ for examples"))
     text = read_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise SriError(f"{path} is not valid YAML{where}; fix the syntax") from None
+    except SriError as e:
+        raise SriError(f"{path}: {e}") from None
     if overrides:
         data = apply_overrides(data, overrides)
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import SriError
 from ..io import read_json, read_signal_rows, read_text, write_text_atomic
+from ..stats.bootstrap import ci_label
 from . import figures
 
 #: Paper Table 3 (RR% / ASR% on all jailbreaks), as transcribed in PAPER.md — a reference, not ground truth.
@@ -89,11 +90,13 @@ def make_figures(run_dir: Path, analysis: dict[str, Any], rows: list[dict[str, A
     order = [g["group"] for g in analysis["groups"] if g["group"] != "all attacks"]
     made = {
         "rates": (figures.attack_rates(analysis, fig_dir / "rates.png"),
-                  "Refusal rate (keyword judge) and attack success rate (LLM judge) per group, 95% bootstrap CIs."),
+                  "Refusal rate (keyword judge) and attack success rate (LLM judge) per group, "
+                  f"{ci_label(analysis.get('settings'))}."),
         "trajectories": (figures.group_trajectories(rows, fig_dir / "trajectories.png", groups=order),
                          "SRI σ_t per group: each prompt (red = final text refused), mean and 10–90% band."),
         "irr": (figures.irr_bars(analysis, fig_dir / "irr.png"),
-                "Internal recovery rate per group at λ_c = 0.5 and λ_r ∈ {0.5, 0.3, 0.1}, 95% bootstrap CIs."),
+                "Internal recovery rate per group at λ_c = 0.5 and λ_r ∈ {0.5, 0.3, 0.1}, "
+                f"{ci_label(analysis.get('settings'))}."),
         "panels": (figures.prompt_panels(pick_examples(rows, flags, panels), fig_dir / "prompts.png", flags=flags),
                    "Single generations: SRI (blue) and the text-level refusal signal (orange, 1 = not refusing "
                    "yet); dotted line: first dip toward refusal after a compliant step."),
@@ -121,8 +124,10 @@ def render_html(analysis: dict[str, Any], rows: list[dict[str, Any]], figs: dict
                      f"{html.escape(str(prov.get('created', '')))}.</p>")
 
     parts.append("<h2>Refusal and attack success (Table 3 shape)</h2>")
-    head = ["group", "n", "RR % [95% CI]", "ASR % [95% CI]", "mean final σ",
-            *[f"IRR λ_r={lr} [CI] (n)" for lr in lambdas], "incomplete recovery (of answered)"]
+    ci = "[95% CI]" if s.get("bootstrap_resamples", 1) else "(no CI)"
+    head = ["group", "n", f"RR % {ci}", f"ASR % {ci}", "mean final σ",
+            *[f"IRR λ_r={lr} {'[CI] ' if s.get('bootstrap_resamples', 1) else ''}(n)" for lr in lambdas],
+            "incomplete recovery (of answered)"]
     body = [[g["group"], g["n"], _pct(g["refusal_rate"]), _pct(g.get("attack_success_rate")),
              f"{g['mean_final_sri']:.3f}", *[_frac(g["irr"][lr]) for lr in lambdas],
              _frac(g["incomplete_recovery"])] for g in analysis["groups"]]

@@ -89,3 +89,11 @@ def conditional_share(event: Sequence[bool] | np.ndarray, given: Sequence[bool] 
         return Estimate(None, None, None, 0)
     low, high = bootstrap([e, g], ratio, resamples=resamples, seed=seed)
     return Estimate(value, low, high, int(g.sum()))
+
+
+def ci_label(settings: dict | None) -> str:
+    """How an analysis's intervals are described: ``95% bootstrap CIs``, or ``no CIs: bootstrap off`` for an
+    analysis run with 0 resamples (whose estimates carry no interval)."""
+    resamples = (settings or {}).get("bootstrap_resamples", RESAMPLES)
+    level = (settings or {}).get("ci_level", LEVEL)
+    return f"{level:.0%} bootstrap CIs" if resamples else "no CIs: bootstrap off"

@@ -11,9 +11,12 @@ Layout::
 A shard is complete when its ``.jsonl`` exists; the tensor file is written (atomically) first, so a kill at
 any moment leaves either a whole shard or nothing that counts. Re-running skips ids already in complete shards.
 
-Every tensor file carries the run's compatibility key and its row count in its safetensors metadata, and every
-read checks each shard: readable, as many JSONL rows as tensor rows, states of the traced layers, steps and
-hidden size, and the same key as ``run.json`` (whose structure is checked when the folder is opened). A damaged
+Every tensor file carries in its safetensors metadata the run's compatibility key, the rest of ``run.json``
+(settings, model, pooling; not the volatile format/version/creation time), its row count and the sha256 of its
+rows' ids in order, and every read checks each shard: readable, as many JSONL rows as tensor rows, the same ids
+(a tensor file swapped between shards is caught), states of the traced layers, steps and hidden size, and the
+same key and settings as ``run.json`` (whose structure is checked when the folder is opened; an edited field is
+named). A damaged
 shard is named with the fix; resuming (:meth:`TraceStore.create` on the folder) deletes damaged shards, says so,
 and their prompts are traced again.
 """
@@ -21,6 +24,7 @@ and their prompts are traced again.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import sys
 import weakref
@@ -33,7 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
-from ..errors import IncompatibleError, SriError
+from ..errors import IncompatibleError, SriError, clip
 from ..io import (
     LOCK_NAME,
     acquire_folder_lock,
@@ -78,7 +82,7 @@ def check_compatible(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: 
             sub = next(k for k in [*va, *(k for k in vb if k not in va)] if va.get(k, ...) != vb.get(k, ...))
             where, va, vb = f"{f}.{sub}", va.get(sub, "(unset)"), vb.get(sub, "(unset)")
         raise IncompatibleError(
-            f"{a_name} and {b_name} differ in {where} ({va!r} vs {vb!r}); recompute one of them with the same "
+            f"{a_name} and {b_name} differ in {where} ({clip(va)} vs {clip(vb)}); recompute one of them with the same "
             "model, system prompt, dtype, sampler settings, steps, pooling and layers")
 
 
@@ -221,7 +225,8 @@ class TraceStore:
         index = int(shards[-1].stem) + 1 if shards else 0
         base = self.folder / "shards" / f"{index:05d}"
         tensors = {f"layer.{layer}": states[layer].to(torch.float32).contiguous() for layer in self.layers}
-        metadata = {"format": TRACE_FORMAT, "key": _key_json(self.key), "rows": str(len(rows))}
+        metadata = {"format": TRACE_FORMAT, "key": _key_json(self.key), "rows": str(len(rows)),
+                    "run": _key_json(_bound(self.meta)), "ids_sha256": _ids_digest(rows)}
         with atomic_path(base.with_suffix(".safetensors")) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         write_jsonl(base.with_suffix(".jsonl"), rows)
@@ -263,6 +268,13 @@ class TraceStore:
         if meta.get("rows") != str(len(rows)):
             raise self._damaged(rows_file, f"{rows_file.name} has {len(rows)} rows, the tensor file "
                                            f"{meta.get('rows', '?')}")
+        if "ids_sha256" not in meta:
+            raise IncompatibleError(
+                f"{self._shard_name(rows_file)} carries no digest of its row ids (written by an older sri); trace "
+                "again into a new folder: `sri trace --out NEW_FOLDER` with the same options")
+        if meta["ids_sha256"] != _ids_digest(rows):
+            raise self._damaged(rows_file, f"its tensors were written for other rows than those in {rows_file.name} "
+                                           "(the row ids differ: a tensor or rows file swapped or edited)")
         for layer in self.layers:
             shape = shapes.get(f"layer.{layer}")
             want = (len(rows), self.steps, int(self.key["hidden_size"]))
@@ -288,6 +300,21 @@ class TraceStore:
             raise IncompatibleError(
                 f"{self.folder / 'run.json'} field key.{diff.split(':')[0]} does not match the key its shards were "
                 f"traced with ({diff}, run.json vs {tensor_file.name}); run.json was edited — restore it, or "
+                "trace again into a new folder")
+        if "run" not in meta:
+            raise IncompatibleError(
+                f"{self._shard_name(rows_file)} carries no copy of the run's settings (written by an older sri); "
+                "trace again into a new folder: `sri trace --out NEW_FOLDER` with the same options")
+        try:
+            shard_run = json.loads(meta["run"])
+        except json.JSONDecodeError:
+            raise self._damaged(rows_file, "its copy of the run's settings is not valid JSON") from None
+        mine = json.loads(_key_json(_bound(self.meta)))
+        if shard_run != mine:
+            where, a, b = _difference_path(mine, shard_run)
+            raise IncompatibleError(
+                f"{self.folder / 'run.json'} field {where} does not match the settings its shards were traced with "
+                f"({clip(a)} vs {clip(b)}, run.json vs {tensor_file.name}); run.json was edited — restore it, or "
                 "trace again into a new folder")
 
     def check(self) -> list[tuple[Path, str]]:
@@ -344,6 +371,33 @@ def _stderr(line: str) -> None:
 
 def _key_json(key: dict[str, Any]) -> str:
     return json.dumps(key, sort_keys=True, ensure_ascii=False)
+
+
+#: run.json fields that may differ between a shard and its folder (bookkeeping, not what was traced); the key is
+#: checked on its own
+_UNBOUND = ("format", "sri_version", "created", "key")
+
+
+def _bound(meta: dict[str, Any]) -> dict[str, Any]:
+    """What of ``run.json`` every shard is bound to: everything but :data:`_UNBOUND`."""
+    return {k: v for k, v in meta.items() if k not in _UNBOUND}
+
+
+def _ids_digest(rows: list[dict[str, Any]]) -> str:
+    """sha256 of the shard's row ids in tensor order (ties the rows file to its tensor file)."""
+    ids = json.dumps([r.get("id") for r in rows], ensure_ascii=False)
+    return hashlib.sha256(ids.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _difference_path(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any]:
+    """The dotted path of the first difference of two JSON values, and the values there."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if a.get(k, ...) != b.get(k, ...):
+                if k not in a or k not in b:
+                    return f"{prefix}{k}", a.get(k, "(unset)"), b.get(k, "(unset)")
+                return _difference_path(a[k], b[k], f"{prefix}{k}.")
+    return prefix.rstrip(".") or "(all)", a, b
 
 
 def _has_foreign_files(folder: Path) -> bool:
@@ -412,5 +466,5 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
     for k in sorted(set(a) | set(b)):
         if a.get(k) != b.get(k):
-            return f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
+            return f"{k}: {clip(a.get(k))} vs {clip(b.get(k))}"
     return "unknown difference"
