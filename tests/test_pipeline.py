@@ -243,7 +243,10 @@ def test_guard_stages_with_benign_controls(tiny_run) -> None:
     tables = (run_dir / "tables.md").read_text()
     assert "AUROC vs benign-in-template" in tables and "no attack prompt, template" in tables
     verdicts = read_jsonl(run_dir / "guard" / "verdicts.jsonl")
-    assert len(verdicts) == len(read_jsonl(run_dir / "signals.jsonl"))
+    signal_rows = read_jsonl(run_dir / "signals.jsonl")
+    assert len(verdicts) == len(signal_rows) and all(r["ended_by"] in ("eos", "length") for r in signal_rows)
+    ended = {r["id"]: (r["end_step"], r["ended_by"]) for r in signal_rows}  # a stop at an EOS step is "after"
+    assert not any(v["sampler_step"] == ended[v["id"]][0] and ended[v["id"]][1] == "eos" for v in verdicts)
     cached = sorted((run_dir / "defenses").rglob("*.json"))
     stamps = [p.stat().st_mtime_ns for p in cached]
     run(path, run_dir, progress=False)  # resume: every trace and defense result is reused

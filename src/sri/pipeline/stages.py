@@ -242,11 +242,11 @@ def signals(run: Run, fitted: Anchors, stores: dict[str, TraceStore],
     out: dict[str, list[dict[str, Any]]] = {}
     for name, store in stores.items():
         judged = verdicts.get(name, {})
-        meta = {r["id"]: r.get("meta", {}) for r in store.rows()}
+        stored = {r["id"]: r for r in store.rows()}
         rows = []
         for row in compute_signals(fitted, store):
-            m = meta.get(row["id"], {})
-            rows.append({**row, "group": name,
+            m = stored[row["id"]].get("meta", {})
+            rows.append({**row, "group": name, "ended_by": stored[row["id"]].get("ended_by"),
                          **{k: m[k] for k in ("behavior_id", "attack", "control") if k in m},
                          **judged.get(row["id"], {})})
         out[name] = rows
@@ -279,7 +279,9 @@ def guard(run: Run, fitted: Anchors, sig: dict[str, list[dict[str, Any]]]) -> An
         rows = []
         for name in test_sets(sig):
             s = np.array([r["sri"] for r in sig[name]])
-            for r, v in zip(sig[name], replay(fitted_guard, s, [r["end_step"] for r in sig[name]]), strict=True):
+            verdicts = replay(fitted_guard, s, [r["end_step"] for r in sig[name]],
+                              [r.get("ended_by") or "length" for r in sig[name]])
+            for r, v in zip(sig[name], verdicts, strict=True):
                 rows.append({"set": name, "id": r["id"], **v.to_row(fitted_guard.refusal_text)})
         write_jsonl(folder / "verdicts.jsonl", rows)
     run.prov["guard"] = {"folder": str(folder), "detector": fitted_guard.kind, "tensors_sha256": fitted_guard.sha256}
