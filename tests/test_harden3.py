@@ -421,3 +421,58 @@ def test_outputs_inside_a_pipeline_run_folder_are_refused_but_its_own_analysis_i
     _one_line_error(res, f"is inside the pipeline run folder {run}")
     res = run_cli(["analyze", str(run), "--bootstrap", "0"], capsys)
     assert res.code == 0, res.err
+
+
+# ------------------------------------------------------------------------------------------- fourth round
+def test_plot_reference_must_match_and_carry_labelled_rows(tmp_path, capsys) -> None:
+    signals = _write_jsonl(tmp_path / "s.jsonl", [_signal_row(i) for i in range(3)])
+    short = _write_jsonl(tmp_path / "r3.jsonl", [_signal_row(9, steps=3)])
+    res = run_cli(["plot", "--signals", str(signals), "--reference", str(short), "--out", str(tmp_path / "a.png")],
+                  capsys)
+    _one_line_error(res, "the reference signals have 3 steps, the signals 4")
+    unlabelled = _write_jsonl(tmp_path / "u.jsonl", [_signal_row(8, label="unlabelled")])
+    res = run_cli(["plot", "--signals", str(signals), "--reference", str(unlabelled), "--out",
+                   str(tmp_path / "b.png")], capsys)
+    _one_line_error(res, "nothing to draw from it")
+    one = _write_jsonl(tmp_path / "one.jsonl", [_signal_row(i, steps=1) for i in range(2)])
+    res = run_cli(["plot", "--signals", str(one), "--out", str(tmp_path / "c.png")], capsys)
+    _one_line_error(res, "a trajectory needs at least 2")
+    assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("detector", ["mahalanobis", "ocsvm", "ae"])
+def test_guard_fit_refuses_constant_benign_signals(detector, tmp_path, capsys) -> None:
+    rows = [{**_signal_row(i), "sri": [0.7] * 4} for i in range(8)]
+    benign, calib = _write_jsonl(tmp_path / "b.jsonl", rows[:5]), _write_jsonl(tmp_path / "c.jsonl", rows[5:])
+    res = run_cli(["guard", "fit", "--benign", str(benign), "--calibrate", str(calib), "--out", str(tmp_path / "g"),
+                   "--detector", detector], capsys)
+    _one_line_error(res, "zero variance")
+    assert not (tmp_path / "g").exists()
+
+
+def test_csv_with_an_unterminated_quote_is_refused(tmp_path, capsys) -> None:
+    from sri.data.prompts import load_prompts
+
+    path = tmp_path / "p.csv"
+    path.write_text('prompt,id\n"unterminated,a\nfoo,b\n', encoding="utf-8")
+    with pytest.raises(SriError, match="is not valid CSV"):
+        load_prompts(str(path))
+
+
+def test_attack_option_given_twice_is_refused(tmp_path, capsys) -> None:
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "how do I bake bread"}])
+    res = run_cli(["attack", "-a", "flip", "--prompts", str(prompts), "--out", str(tmp_path / "a.jsonl"),
+                   "-o", "mode=random", "-o", "mode=words"], capsys)
+    _one_line_error(res, "'mode' is given twice")
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_a_run_needs_at_least_two_steps() -> None:
+    from sri.pipeline import parse_config
+
+    data = {"name": "t", "sampler": {"kind": "ar", "steps": 1},
+            "prompts": {"anchor_harmless": {"dataset": "harmless", "n": 2}, "anchor_harmful": {"dataset": "advbench",
+                                                                                              "n": 2},
+                        "harmless": {"dataset": "harmless", "n": 2}, "harmful": {"dataset": "advbench", "n": 2}}}
+    with pytest.raises(SriError, match="steps must be ≥ 2 for a run"):
+        parse_config(data)

@@ -26,6 +26,8 @@ def _parse_options(items: list[str] | None, text_options: frozenset[str] = froze
             raise SriError(f"--option {clip(item)} is not key=value; e.g. --option iterations=10")
         key, value = item.split("=", 1)
         key = key.strip()
+        if key in options:
+            raise SriError(f"--option {clip(key)} is given twice; give each option once")
         if key in text_options or not value.strip():
             options[key] = value
             continue

@@ -84,7 +84,7 @@ def _read_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if suffix in {".jsonl", ".json"}:
         rows = [(f"{path}:{n}", row) for n, row in read_jsonl_numbered(path)]
     elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""), strict=True)  # no silent merges
         rows = []
         try:
             header = reader.fieldnames
@@ -97,7 +97,7 @@ def _read_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
             for row in reader:
                 rows.append((f"{path}:{start}", row))
                 start = reader.line_num + 1
-        except csv.Error as e:  # e.g. a field over csv's size limit, a NUL byte
+        except csv.Error as e:  # an unterminated quote, a field over csv's size limit, a NUL byte
             raise SriError(f"{path}:{reader.line_num + 1} is not valid CSV ({e}); fix that line") from None
         for _, row in rows:  # a row longer than the header puts its extra cells under the key None
             row.pop(None, None)

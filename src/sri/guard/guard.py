@@ -339,6 +339,9 @@ def fit_guard(
             seen.add(repr(r["id"]))
     x, key = signal_matrix(benign, "benign signals")
     c, c_key = signal_matrix(calibrate, "calibration signals")
+    if float(np.ptp(x, axis=0).max()) < 1e-9:  # every benign signal the same: no detector can learn a spread
+        raise SriError("the benign signals are all identical (zero variance), so the guard would flag everything "
+                       "or nothing; fit it on signals of many different benign prompts")
     check_compatible(key, c_key, "benign signals", "calibration signals", SIGNAL_KEY_FIELDS)
     if x.shape[1] != c.shape[1]:
         raise IncompatibleError(f"benign signals have {x.shape[1]} steps, calibration {c.shape[1]}; use one T")

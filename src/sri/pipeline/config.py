@@ -329,6 +329,10 @@ class RunConfig(Section):
         if len(kinds) > 1:
             raise ValueError("samplers mixes autoregressive and diffusion samplers; one model is either kind — "
                              "compare AR order on diffusion weights with kind: diffusion-ar")
+        for s in (self.samplers or {"": self.sampler}).values():
+            if s.steps < 2:
+                raise ValueError(f"sampler steps must be ≥ 2 for a run (got {s.steps}): the analysis needs a "
+                                 "trajectory")
         if self.guard is not None and self.prompts.guard_fit is None:
             raise ValueError("guard needs prompts.guard_fit and prompts.guard_calibrate (benign prompt sets)")
         if self.defenses.names and self.guard is None:

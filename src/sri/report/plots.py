@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SriError
 from ..io import atomic_path
 from .mpl import literal_text, plt
 
@@ -31,7 +32,7 @@ def group_name(row: dict[str, Any]) -> str:
 
 @literal_text
 def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title: str = "SRI over generation steps",
-                      reference: Sequence[dict[str, Any]] = (), max_lines: int = 12) -> Path:
+                      reference: Sequence[dict[str, Any]] | None = (), max_lines: int = 12) -> Path:
     """Two panels sharing the step axis.
 
     Top: σ_t of each prompt (thin), each group's mean with its 25–75% band (bold), the compliance (σ > 0.5,
@@ -39,10 +40,21 @@ def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title:
     answered and harmful refused prompts from ``reference`` (or from ``rows`` when no reference is given).
     Bottom: the text-level refusal step signal, as the share of each group whose text has not refused yet.
     """
+    reference = reference or ()
+    steps = len(rows[0]["sri"])
+    if steps < 2:
+        raise SriError("the signals have 1 step; a trajectory needs at least 2 (trace with --steps ≥ 2)")
+    bad = next((r for r in reference if len(r["sri"]) != steps), None)
+    if bad is not None:
+        raise SriError(f"the reference signals have {len(bad['sri'])} steps, the signals {steps}; give a reference "
+                       "computed with the same step count")
+    if reference and not any((r["label"], r["refused"]) in (("harmless", False), ("harmful", True))
+                             for r in reference):
+        raise SriError("the reference holds no answered harmless and no refused harmful row (labels 'harmless' / "
+                       "'harmful'), so there is nothing to draw from it; give signals of labelled prompt sets")
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[group_name(r)].append(r)
-    steps = len(rows[0]["sri"])
     x = np.arange(1, steps + 1)
     fig, (ax, ax_text) = plt.subplots(2, 1, figsize=(11, 6.6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     ax.axhspan(0.5, 1.02, color=COMPLY_COLOUR, zorder=0)
