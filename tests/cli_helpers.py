@@ -33,3 +33,11 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> CliResult:
         sys.argv = old
     captured = capsys.readouterr()
     return CliResult(code, captured.out, captured.err)
+
+
+def assert_one_line_error(res: CliResult, match: str = "", code: int = 2) -> None:
+    """The CLI's promise for bad input: exit ``code``, exactly one error line containing ``match``, no traceback."""
+    assert res.code == code, res.err
+    assert len(res.error_lines) == 1, res.err
+    assert "Traceback" not in res.err + res.out
+    assert match in res.err, res.err

@@ -11,14 +11,7 @@ import pytest
 
 from sri.errors import SriError
 from sri.io import read_signal_rows
-from tests.cli_helpers import run_cli
-
-
-def _one_line_error(res, match: str = "", code: int = 2) -> None:
-    assert res.code == code, res.err
-    assert len(res.error_lines) == 1, res.err
-    assert "Traceback" not in res.err + res.out
-    assert match in res.err, res.err
+from tests.cli_helpers import assert_one_line_error, run_cli
 
 
 def _signal_row(i: int, label: str = "harmless", refused: bool = False, steps: int = 4, **extra) -> dict:
@@ -56,7 +49,7 @@ def test_attack_options_are_type_and_range_checked_before_any_model(tmp_path, ca
     prompts = _write_jsonl(tmp_path / "b.jsonl", [{"prompt": "do a bad thing"}])
     res = run_cli(["attack", "-a", "random_search", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"),
                    "--model", "no-such-model", "-o", f"iterations={value}"], capsys)
-    _one_line_error(res, match)
+    assert_one_line_error(res, match)
     assert not (tmp_path / "o.jsonl").exists()
 
 
@@ -93,7 +86,7 @@ def test_text_options_keep_the_value_as_given(tmp_path, capsys) -> None:
     prompts = _write_jsonl(tmp_path / "b.jsonl", [{"prompt": "do a bad thing"}])
     res = run_cli(["attack", "-a", "random_search", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"),
                    "--model", "no-such-model", "-o", "target_text=123"], capsys)
-    _one_line_error(res, "no-such-model")
+    assert_one_line_error(res, "no-such-model")
 
 
 # ------------------------------------------------------------------------------------------ 2. prompt fields
@@ -128,7 +121,7 @@ def test_integer_ids_stay_fine_and_invisible_lines_of_txt_are_skipped(tmp_path) 
 def test_zero_width_prompt_via_the_cli_is_one_line(tmp_path, capsys) -> None:
     f = _write_jsonl(tmp_path / "zw.jsonl", ['{"prompt":"\u200b\u200b\u200d"}'])
     res = run_cli(["trace", "--prompts", str(f), "--out", str(tmp_path / "o"), "--model", "no-such-model"], capsys)
-    _one_line_error(res, "zw.jsonl:1 has an empty prompt")
+    assert_one_line_error(res, "zw.jsonl:1 has an empty prompt")
     assert not (tmp_path / "o").exists()
 
 
@@ -160,17 +153,17 @@ def test_a_symlink_loop_is_named_as_such(tmp_path, capsys) -> None:
     os.symlink(tmp_path / "loop2.jsonl", tmp_path / "loop1.jsonl")
     os.symlink(tmp_path / "loop1.jsonl", tmp_path / "loop2.jsonl")
     res = run_cli(["trace", "--prompts", str(tmp_path / "loop1.jsonl"), "--out", str(tmp_path / "o")], capsys)
-    _one_line_error(res, "loop1.jsonl is a symbolic link loop")
+    assert_one_line_error(res, "loop1.jsonl is a symbolic link loop")
     os.symlink(tmp_path / "gone.jsonl", tmp_path / "broken.jsonl")
     res = run_cli(["judge", "--input", str(tmp_path / "broken.jsonl")], capsys)
-    _one_line_error(res, "broken.jsonl is a broken symbolic link")
+    assert_one_line_error(res, "broken.jsonl is a broken symbolic link")
 
 
 def test_a_folder_given_as_anchors_is_named_as_a_folder(tmp_path, capsys) -> None:
     (tmp_path / "anchors").mkdir()
     res = run_cli(["signal", "--anchors", str(tmp_path / "anchors"), "--traces", str(tmp_path),
                    "--out", str(tmp_path / "s.jsonl")], capsys)
-    _one_line_error(res, "anchors is a directory, but a file is expected")
+    assert_one_line_error(res, "anchors is a directory, but a file is expected")
 
 
 # ------------------------------------------------------------------------------------------ 7. σ range
@@ -182,13 +175,13 @@ def test_signal_values_outside_0_1_are_refused_everywhere(tmp_path, capsys, fiel
     with pytest.raises(SriError, match=f"s.jsonl:3: '{field}'\\[0\\] is {value}, outside \\[0, 1\\]"):
         read_signal_rows(f)
     res = run_cli(["plot", "--signals", str(f), "--out", str(tmp_path / "p.png")], capsys)
-    _one_line_error(res, "outside [0, 1]")
+    assert_one_line_error(res, "outside [0, 1]")
     assert not (tmp_path / "p.png").exists()
     run = tmp_path / "run"
     run.mkdir()
     (run / "signals.jsonl").write_text(f.read_text())
     res = run_cli(["analyze", str(run)], capsys)
-    _one_line_error(res, "outside [0, 1]")
+    assert_one_line_error(res, "outside [0, 1]")
     assert sorted(p.name for p in run.iterdir()) == ["signals.jsonl"]
 
 
@@ -203,11 +196,11 @@ def test_duplicate_signal_ids_are_refused_by_every_reader(tmp_path, capsys) -> N
     benign = _write_jsonl(tmp_path / "b.jsonl", [_signal_row(i) for i in range(10, 20)])
     res = run_cli(["guard", "fit", "--benign", str(benign), "--calibrate", str(dup), "--out", str(tmp_path / "g")],
                   capsys)
-    _one_line_error(res, "id 'p1' is already on line 2")
+    assert_one_line_error(res, "id 'p1' is already on line 2")
     assert not (tmp_path / "g").exists()
     res = run_cli(["guard", "fit", "--benign", str(dup), "--calibrate", str(benign), "--out", str(tmp_path / "g")],
                   capsys)
-    _one_line_error(res, "id 'p1' is already on line 2")
+    assert_one_line_error(res, "id 'p1' is already on line 2")
     with pytest.raises(SriError, match="calibration signals hold id 'p1' twice"):
         fit_guard([_signal_row(i) for i in range(10, 20)], [*rows[:3], rows[1]], detector="mahalanobis")
 
@@ -216,14 +209,14 @@ def test_duplicate_signal_ids_are_refused_by_every_reader(tmp_path, capsys) -> N
 @pytest.mark.parametrize("text", ["", "   ", "\u200b\u200d", "\ufeff\u2060"])
 def test_judge_refuses_empty_text(capsys, text) -> None:
     res = run_cli(["judge", text], capsys)
-    _one_line_error(res, "text 1 is empty")
+    assert_one_line_error(res, "text 1 is empty")
     assert res.out == ""
 
 
 def test_judge_refuses_texts_and_input_together(tmp_path, capsys) -> None:
     f = _write_jsonl(tmp_path / "r.jsonl", [{"response": "I'm sorry, I can't"}])
     res = run_cli(["judge", "hello", "--input", str(f)], capsys)
-    _one_line_error(res, "not both")
+    assert_one_line_error(res, "not both")
     assert res.out == ""
 
 
@@ -232,7 +225,7 @@ def test_output_may_not_overwrite_the_input(tmp_path, capsys, command) -> None:
     f = _write_jsonl(tmp_path / "r.jsonl", [{"prompt": "p", "response": "I'm sorry, I can't"}])
     before = f.read_text()
     res = run_cli([*command, "--input", str(f), "--out", str(f)], capsys)
-    _one_line_error(res, "is the --input file")
+    assert_one_line_error(res, "is the --input file")
     assert f.read_text() == before
 
 
@@ -316,7 +309,7 @@ def test_an_edited_run_json_settings_section_is_named(tmp_path, capsys, edit, fi
     with pytest.raises(IncompatibleError, match=f"run.json field {field} does not match"):
         TraceStore.open(folder)
     res = run_cli(["judge", "--input", str(folder)], capsys)
-    _one_line_error(res, f"field {field} does not match")
+    assert_one_line_error(res, f"field {field} does not match")
     other = _fake_store(tmp_path / "u")
     meta = json.loads((other / "run.json").read_text())
     meta["created"] = "2000-01-01T00:00:00+00:00"  # bookkeeping may differ
@@ -346,7 +339,7 @@ def test_an_edited_guard_threshold_is_refused(tmp_path, capsys, edit, field) -> 
     meta_file.write_text(json.dumps(meta))
     res = run_cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals", str(calib),
                    "--out", str(tmp_path / "s.jsonl")], capsys)
-    _one_line_error(res, f"guard.json field {field}")
+    assert_one_line_error(res, f"guard.json field {field}")
     assert "was edited" in res.err and not (tmp_path / "s.jsonl").exists()
 
 
@@ -359,7 +352,7 @@ def test_a_billion_laughs_config_is_refused_in_one_short_line(tmp_path, capsys) 
     path = tmp_path / "laughs.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     res = run_cli(["validate", str(path)], capsys)
-    _one_line_error(res, "line 2: YAML aliases (*a) are not supported")
+    assert_one_line_error(res, "line 2: YAML aliases (*a) are not supported")
     assert len(res.err) < 300
 
 
@@ -367,12 +360,12 @@ def test_duplicate_yaml_keys_are_refused_with_the_line(tmp_path, capsys) -> None
     path = tmp_path / "dup.yaml"
     path.write_text("name: tiny\n" + CONFIG.replace("name: tiny\n", "name: other\n"), encoding="utf-8")
     res = run_cli(["validate", str(path)], capsys)
-    _one_line_error(res, "line 2: key 'name' is given twice in one mapping (first on line 1)")
+    assert_one_line_error(res, "line 2: key 'name' is given twice in one mapping (first on line 1)")
     path.write_text(CONFIG.replace("judge: {model: none}", "judge: {model: none, model: auto}"), encoding="utf-8")
     res = run_cli(["validate", str(path)], capsys)
-    _one_line_error(res, "key 'model' is given twice")
+    assert_one_line_error(res, "key 'model' is given twice")
     res = run_cli(["validate", str(path), "--set", "name={a: 1, a: 2}"], capsys)
-    _one_line_error(res, "key 'a' is given twice")
+    assert_one_line_error(res, "key 'a' is given twice")
 
 
 def test_echoed_values_are_truncated(tmp_path, capsys) -> None:
@@ -380,7 +373,7 @@ def test_echoed_values_are_truncated(tmp_path, capsys) -> None:
     path.write_text(CONFIG.replace("name: tiny", "name: [" + ", ".join(["xxxxxxxx"] * 100_000) + "]"),
                     encoding="utf-8")
     res = run_cli(["validate", str(path)], capsys)
-    _one_line_error(res, "config: name:")
+    assert_one_line_error(res, "config: name:")
     assert len(res.err) < 400, len(res.err)
 
 
@@ -390,7 +383,7 @@ def test_validate_resolves_the_models_like_run(tmp_path, capsys) -> None:
     path.write_text(CONFIG, encoding="utf-8")
     for setting in ("model=nosuch-model", "attacker=nosuch-model", "attack_model=nosuch-model"):
         res = run_cli(["validate", str(path), "--set", setting], capsys)
-        _one_line_error(res, "model 'nosuch-model' is unknown")
+        assert_one_line_error(res, "model 'nosuch-model' is unknown")
         assert "ok:" not in res.out
 
 
@@ -402,12 +395,12 @@ def test_outputs_inside_a_trace_folder_are_refused(tmp_path, capsys, inside) -> 
     out = folder / inside
     res = run_cli(["signal", "--anchors", str(tmp_path / "a.safetensors"), "--traces", str(folder),
                    "--out", str(out)], capsys)
-    _one_line_error(res, f"is inside the trace folder {folder}")
+    assert_one_line_error(res, f"is inside the trace folder {folder}")
     rows = _write_jsonl(tmp_path / "r.jsonl", [{"response": "I'm sorry"}])
     res = run_cli(["judge", "--input", str(rows), "--out", str(out)], capsys)
-    _one_line_error(res, "is inside the trace folder")
+    assert_one_line_error(res, "is inside the trace folder")
     res = run_cli(["trace", "--prompts", str(rows), "--out", str(folder / "shards" / "sub")], capsys)
-    _one_line_error(res, "is inside the trace folder")
+    assert_one_line_error(res, "is inside the trace folder")
     assert not out.exists() and sorted(p.name for p in (folder / "shards").iterdir()) == before
 
 
@@ -418,7 +411,7 @@ def test_outputs_inside_a_pipeline_run_folder_are_refused_but_its_own_analysis_i
     (run / "provenance.json").write_text("{}")
     _write_jsonl(run / "signals.jsonl", [_signal_row(i, refused=i % 2 == 0) for i in range(8)])
     res = run_cli(["plot", "--signals", str(run / "signals.jsonl"), "--out", str(run / "figures" / "x.png")], capsys)
-    _one_line_error(res, f"is inside the pipeline run folder {run}")
+    assert_one_line_error(res, f"is inside the pipeline run folder {run}")
     res = run_cli(["analyze", str(run), "--bootstrap", "0"], capsys)
     assert res.code == 0, res.err
 
@@ -429,14 +422,14 @@ def test_plot_reference_must_match_and_carry_labelled_rows(tmp_path, capsys) -> 
     short = _write_jsonl(tmp_path / "r3.jsonl", [_signal_row(9, steps=3)])
     res = run_cli(["plot", "--signals", str(signals), "--reference", str(short), "--out", str(tmp_path / "a.png")],
                   capsys)
-    _one_line_error(res, "the reference signals have 3 steps, the signals 4")
+    assert_one_line_error(res, "the reference signals have 3 steps, the signals 4")
     unlabelled = _write_jsonl(tmp_path / "u.jsonl", [_signal_row(8, label="unlabelled")])
     res = run_cli(["plot", "--signals", str(signals), "--reference", str(unlabelled), "--out",
                    str(tmp_path / "b.png")], capsys)
-    _one_line_error(res, "nothing to draw from it")
+    assert_one_line_error(res, "nothing to draw from it")
     one = _write_jsonl(tmp_path / "one.jsonl", [_signal_row(i, steps=1) for i in range(2)])
     res = run_cli(["plot", "--signals", str(one), "--out", str(tmp_path / "c.png")], capsys)
-    _one_line_error(res, "a trajectory needs at least 2")
+    assert_one_line_error(res, "a trajectory needs at least 2")
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -446,7 +439,7 @@ def test_guard_fit_refuses_constant_benign_signals(detector, tmp_path, capsys) -
     benign, calib = _write_jsonl(tmp_path / "b.jsonl", rows[:5]), _write_jsonl(tmp_path / "c.jsonl", rows[5:])
     res = run_cli(["guard", "fit", "--benign", str(benign), "--calibrate", str(calib), "--out", str(tmp_path / "g"),
                    "--detector", detector], capsys)
-    _one_line_error(res, "zero variance")
+    assert_one_line_error(res, "zero variance")
     assert not (tmp_path / "g").exists()
 
 
@@ -463,7 +456,7 @@ def test_attack_option_given_twice_is_refused(tmp_path, capsys) -> None:
     prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "how do I bake bread"}])
     res = run_cli(["attack", "-a", "flip", "--prompts", str(prompts), "--out", str(tmp_path / "a.jsonl"),
                    "-o", "mode=random", "-o", "mode=words"], capsys)
-    _one_line_error(res, "'mode' is given twice")
+    assert_one_line_error(res, "'mode' is given twice")
     assert not (tmp_path / "a.jsonl").exists()
 
 

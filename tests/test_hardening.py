@@ -11,14 +11,7 @@ import pytest
 from sri.cli.app import app
 from sri.errors import SriError
 from sri.io import read_signal_rows, safe_child, write_jsonl
-from tests.cli_helpers import run_cli
-
-
-def _one_line_error(res, match: str = "", code: int = 2) -> None:
-    assert res.code == code, res.err
-    assert len(res.error_lines) == 1, res.err
-    assert "Traceback" not in res.err + res.out
-    assert match in res.err, res.err
+from tests.cli_helpers import assert_one_line_error, run_cli
 
 
 def _signal_row(i: int, label: str = "harmless", refused: bool = False, steps: int = 4, **extra) -> dict:
@@ -38,7 +31,7 @@ def test_internal_error_is_one_line_with_a_saved_traceback(monkeypatch, tmp_path
     monkeypatch.setenv("SRI_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SRI_DEBUG", raising=False)
     res = run_cli(["ls"], capsys)
-    _one_line_error(res, "internal error", code=1)
+    assert_one_line_error(res, "internal error", code=1)
     assert "RuntimeError: something inside broke" in res.err and "second line" not in res.err
     saved = list((tmp_path / "home" / "logs").glob("sri-crash-*.txt"))
     assert len(saved) == 1 and str(saved[0]) in res.err
@@ -52,12 +45,12 @@ def test_internal_error_is_one_line_with_a_saved_traceback(monkeypatch, tmp_path
 
 def test_user_and_usage_errors_are_one_line_exit_2(monkeypatch, capsys) -> None:
     monkeypatch.delenv("SRI_DEBUG", raising=False)
-    _one_line_error(run_cli(["ls", "nothing"], capsys), "error: 'nothing' is not a kind")
-    _one_line_error(run_cli(["trace", "--stepz", "3"], capsys), "No such option: --stepz")
-    _one_line_error(run_cli(["trace", "--prompts", "x", "--out", "y", "--steps", "abc"], capsys), "--steps")
-    _one_line_error(run_cli(["nosuchcommand"], capsys), "nosuchcommand")
+    assert_one_line_error(run_cli(["ls", "nothing"], capsys), "error: 'nothing' is not a kind")
+    assert_one_line_error(run_cli(["trace", "--stepz", "3"], capsys), "No such option: --stepz")
+    assert_one_line_error(run_cli(["trace", "--prompts", "x", "--out", "y", "--steps", "abc"], capsys), "--steps")
+    assert_one_line_error(run_cli(["nosuchcommand"], capsys), "nosuchcommand")
     markup = run_cli(["ls", "[bold]x[/bold]"], capsys)  # user text is never rich markup
-    _one_line_error(markup, "'[bold]x[/bold]' is not a kind")
+    assert_one_line_error(markup, "'[bold]x[/bold]' is not a kind")
     debug = run_cli(["--debug", "ls", "nothing"], capsys)
     assert debug.code == 2 and "Traceback" in debug.err and debug.err.rstrip().splitlines()[-1].startswith("error:")
 
@@ -65,10 +58,10 @@ def test_user_and_usage_errors_are_one_line_exit_2(monkeypatch, capsys) -> None:
 def test_os_errors_about_paths_are_user_errors(tmp_path, capsys) -> None:
     long = "x" * 300
     res = run_cli(["trace", "--prompts", long, "--out", str(tmp_path / "o")], capsys)
-    _one_line_error(res, "the path is too long")
+    assert_one_line_error(res, "the path is too long")
     assert not (tmp_path / "o").exists()
     res = run_cli(["trace", "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / long)], capsys)
-    _one_line_error(res, "the path is too long")
+    assert_one_line_error(res, "the path is too long")
 
 
 # ------------------------------------------------------------------------------------------ kind 1: encodings
@@ -93,8 +86,8 @@ def test_undecodable_bytes_name_file_line_and_offset(tmp_path, capsys) -> None:
         load_prompts(f)
     cfg = tmp_path / "c.yaml"
     cfg.write_bytes(b"# r\xe9sum\xe9 of the run\nname: x\n")
-    _one_line_error(run_cli(["validate", str(cfg)], capsys), "c.yaml:1 is not valid UTF-8")
-    _one_line_error(run_cli(["judge", "--input", str(f)], capsys), "p.jsonl:2 is not valid UTF-8")
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), "c.yaml:1 is not valid UTF-8")
+    assert_one_line_error(run_cli(["judge", "--input", str(f)], capsys), "p.jsonl:2 is not valid UTF-8")
 
 
 # ------------------------------------------------------------------------------------------ kind 6: mathtext
@@ -136,19 +129,19 @@ def test_malformed_signal_rows_are_one_line(tmp_path, capsys) -> None:
     for rows, match in ((bad_value, "s.jsonl:3: 'sri'[1] is 'x', not a finite number"),
                         (no_text, "s.jsonl:2 has no 'text_signal'")):
         write_jsonl(tmp_path / "s.jsonl", rows)
-        _one_line_error(run_cli(["plot", "--signals", str(tmp_path / "s.jsonl"), "--out",
+        assert_one_line_error(run_cli(["plot", "--signals", str(tmp_path / "s.jsonl"), "--out",
                                  str(tmp_path / "f.png")], capsys), match)
         assert not (tmp_path / "f.png").exists()
         run = tmp_path / "run"
         write_jsonl(run / "signals.jsonl", rows)
-        _one_line_error(run_cli(["analyze", str(run)], capsys), match.replace("s.jsonl", "signals.jsonl"))
-        _one_line_error(run_cli(["report", str(run)], capsys), match.replace("s.jsonl", "signals.jsonl"))
+        assert_one_line_error(run_cli(["analyze", str(run)], capsys), match.replace("s.jsonl", "signals.jsonl"))
+        assert_one_line_error(run_cli(["report", str(run)], capsys), match.replace("s.jsonl", "signals.jsonl"))
         assert not (run / "report.html").exists()
     write_jsonl(tmp_path / "s.jsonl", bad_value)
-    _one_line_error(run_cli(["guard", "fit", "--benign", str(tmp_path / "s.jsonl"), "--calibrate",
+    assert_one_line_error(run_cli(["guard", "fit", "--benign", str(tmp_path / "s.jsonl"), "--calibrate",
                              str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "g")], capsys), "'sri'[1] is 'x'")
     assert not (tmp_path / "g").exists()
-    _one_line_error(run_cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals",
+    assert_one_line_error(run_cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals",
                              str(tmp_path / "s.jsonl")], capsys))
     with pytest.raises(SriError, match=r":2: 'refused' must be true or false"):
         write_jsonl(tmp_path / "r.jsonl", [good[0], {**good[1], "refused": "no"}])
@@ -169,7 +162,7 @@ def test_max_prompts_must_be_positive(tmp_path, capsys, value) -> None:
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
     res = run_cli(["trace", "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "o"),
                    "--max-prompts", value], capsys)
-    _one_line_error(res, "'--max-prompts': " + value + " is out of range; give a number ≥ 1")
+    assert_one_line_error(res, "'--max-prompts': " + value + " is out of range; give a number ≥ 1")
     assert not (tmp_path / "o").exists()
 
 
@@ -204,7 +197,7 @@ NUMERIC = [
 @pytest.mark.parametrize(("command", "option", "value", "rule"), NUMERIC, ids=lambda v: str(v))
 def test_every_numeric_option_has_its_range(capsys, command, option, value, rule) -> None:
     res = run_cli([*command, f"{option}={value}"], capsys)  # checked before any missing option or argument
-    _one_line_error(res, f"'{option}'")
+    assert_one_line_error(res, f"'{option}'")
     assert rule in res.err, res.err
 
 
@@ -212,7 +205,7 @@ def test_names_never_escape_the_output_folder(tmp_path, capsys) -> None:
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n')
     res = run_cli(["attack", "-a", "../../x", "--prompts", str(tmp_path / "p.jsonl"), "--out",
                    str(tmp_path / "out" / "a.jsonl")], capsys)
-    _one_line_error(res, "attack '../../x' is unknown")
+    assert_one_line_error(res, "attack '../../x' is unknown")
     assert not (tmp_path / "out").exists() and not (tmp_path.parent / "x").exists()
     for name in ("../x", "a/b", "..", ".hidden", "", "a\\b"):
         with pytest.raises(SriError, match="cannot be used as a file name"):
@@ -230,11 +223,11 @@ def test_messages_say_what_is_wrong(tiny_llama_dir, tmp_path, capsys) -> None:
     (tmp_path / "dir").mkdir()
     res = run_cli(["trace", "--model", str(tiny_llama_dir), "--prompts", str(tmp_path / "dir"), "--out",
                    str(tmp_path / "o")], capsys)
-    _one_line_error(res, "is a directory")
+    assert_one_line_error(res, "is a directory")
     assert "does not exist" not in res.err
     res = run_cli(["trace", "--model", str(tiny_llama_dir), "--prompts", str(tmp_path / "p.jsonl"), "--out",
                    str(tmp_path / "o"), "--steps", "10000000"], capsys)
-    _one_line_error(res, "lower --steps")
+    assert_one_line_error(res, "lower --steps")
     assert "shorten the prompt" not in res.err and "10000000" in res.err
     assert not (tmp_path / "o").exists()
 
@@ -246,7 +239,7 @@ def test_remote_code_refusal_on_the_ar_path_names_the_flag(tmp_path, capsys) -> 
     (tmp_path / "p.jsonl").write_text('{"prompt": "hello"}\n')
     res = run_cli(["trace", "--model", str(remote), "--prompts", str(tmp_path / "p.jsonl"), "--out",
                    str(tmp_path / "o")], capsys)
-    _one_line_error(res, "--trust-remote-code")
+    assert_one_line_error(res, "--trust-remote-code")
     assert not (tmp_path / "o").exists()
 
 
