@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 import threading
 import unicodedata
@@ -274,18 +275,23 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
 
 
 def missing_file(path: str | os.PathLike[str], what: str, fix: str) -> str:
-    """Why the input file ``path`` cannot be read, as one line: a folder, a symbolic link loop, a broken link, or
-    absent — then ``fix`` (what to do when it is simply absent)."""
+    """Why the input file ``path`` cannot be read, as one line: a folder, a FIFO/device/socket, a symbolic link
+    loop, a broken link, or absent — then ``fix`` (what to do when it is simply absent)."""
     path = Path(path)
     if path.is_dir():
         return f"{what} {path} is a directory, but a file is expected; give the file inside it"
     try:
-        os.stat(path)
+        mode = os.stat(path).st_mode
     except OSError as e:
         if e.errno == errno.ELOOP:
             return f"{what} {path} is a symbolic link loop; point the link at a real file"
         if path.is_symlink():
             return f"{what} {path} is a broken symbolic link (to {os.readlink(path)}); point it at a real file"
+    else:
+        if not stat.S_ISREG(mode):
+            kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+                    stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+            return f"{what} {path} is {kind}, not a regular file; save the input to a file and give that"
     return f"{what} {path} does not exist; {fix}"
 
 

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from ..errors import SriError
 from ..io import check_not_input, check_output_dir, check_output_file, check_user_file
-from .app import NON_NEGATIVE, POSITIVE, PROBABILITY, DeviceOpt, DtypeOpt, app, err, load_adapter, out
+from ..stats.bootstrap import MAX_RESAMPLES
+from .app import NON_NEGATIVE, POSITIVE, PROBABILITY, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out
 
 
 def _parse_options(items: list[str] | None, text_options: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -201,7 +202,8 @@ def analyze(
         callback=PROBABILITY, help="λ_r thresholds (repeatable).")] = None,
     lambda_dip: Annotated[float, typer.Option(
         callback=PROBABILITY, help="Dip threshold for incomplete-recovery flags.")] = 0.5,
-    bootstrap: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Bootstrap resamples for the CIs.")] = 1000,
+    bootstrap: Annotated[int, typer.Option(callback=in_range(0, MAX_RESAMPLES),
+                                           help="Bootstrap resamples for the CIs (0 = no CIs).")] = 1000,
     seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Bootstrap seed.")] = 0,
 ) -> None:
     """Recovery metrics (RR, ASR, IRR, incomplete-recovery flags, HRR/FRR) with bootstrap CIs, and LDA."""

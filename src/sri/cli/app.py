@@ -61,7 +61,8 @@ def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool 
                 raise typer.BadParameter(f"{v} is not a finite number; give a number {wanted}")
             if (lo is not None and (v < lo or (lo_open and v == lo))) or \
                     (hi is not None and (v > hi or (hi_open and v == hi))):
-                raise typer.BadParameter(f"{v:g} is out of range; give a number {wanted}")
+                shown = v if isinstance(v, int) and abs(v) < 10**12 else f"{v:g}"
+                raise typer.BadParameter(f"{shown} is out of range; give a number {wanted}")
         return value
 
     return check

@@ -61,10 +61,9 @@ def load_prompts(
     elif str(source) in DATASETS:
         where = dataset_path(str(source))
         rows, default_source = [(f"{where}:{n}", row) for n, row in read_jsonl_numbered(where)], str(source)
-    elif path.is_symlink():
+    elif (path.is_symlink() or path.exists() or path.suffix in {".jsonl", ".json", ".csv", ".txt"}
+          or path.parent != Path(".")):
         raise SriError(missing_file(path, "prompt file", "check the path"))
-    elif path.suffix in {".jsonl", ".json", ".csv", ".txt"} or path.parent != Path("."):
-        raise SriError(f"prompt file {source} does not exist; check the path")
     else:
         raise SriError(f"'{source}' is neither a prompt file nor an offline dataset; "
                        f"use a JSONL/CSV/TXT file or one of: {', '.join(DATASETS)}")

@@ -164,20 +164,10 @@ def load_model(
                         extra_stop_ids=resolve_stop_ids(spec, source, is_local, tokenizer, model, (), stop_tokens))
 
 
-def resolve_stop_ids(spec: str, source: str, is_local: bool, tokenizer, model, family_tokens: Sequence[str],
-                     requested: Sequence[str | int]) -> list[int]:
-    """Stop ids beyond the model's EOS ids: the family's end-of-turn tokens and an offline asset's upstream EOS
-    tokens (where the vocabulary has them), then every ``requested`` token string or id (which must exist)."""
-    vocab = tokenizer.get_vocab()
-    size = int(model.get_input_embeddings().weight.shape[0])
-    names = list(family_tokens)
-    asset_file = Path(source) / "sri_asset.json"
-    if is_local and asset_file.is_file():
-        import json
-
-        asset = MODELS.get(json.loads(asset_file.read_text(encoding="utf-8")).get("name", ""))
-        names += list(asset.stop_tokens) if asset else []
-    ids = [vocab[t] for t in names if t in vocab]
+def requested_stop_ids(spec: str, vocab: dict[str, int], size: int, requested: Sequence[str | int]) -> list[int]:
+    """The ids of user-requested stop tokens — each a token string of ``vocab`` or an id in ``[0, size)``.
+    Raises :class:`SriError` (one line) naming the first that is neither."""
+    ids = []
     for tok in requested:
         text = str(tok).strip()
         if text.lstrip("-").isdigit():
@@ -191,6 +181,23 @@ def resolve_stop_ids(spec: str, source: str, is_local: bool, tokenizer, model, f
         else:
             raise SriError(f"stop token {text!r} is not a single token of the vocabulary of '{spec}'; give the "
                            "exact token string (e.g. '<|endoftext|>') or its id")
+    return ids
+
+
+def resolve_stop_ids(spec: str, source: str, is_local: bool, tokenizer, model, family_tokens: Sequence[str],
+                     requested: Sequence[str | int]) -> list[int]:
+    """Stop ids beyond the model's EOS ids: the family's end-of-turn tokens and an offline asset's upstream EOS
+    tokens (where the vocabulary has them), then every ``requested`` token string or id (which must exist)."""
+    vocab = tokenizer.get_vocab()
+    size = int(model.get_input_embeddings().weight.shape[0])
+    names = list(family_tokens)
+    asset_file = Path(source) / "sri_asset.json"
+    if is_local and asset_file.is_file():
+        import json
+
+        asset = MODELS.get(json.loads(asset_file.read_text(encoding="utf-8")).get("name", ""))
+        names += list(asset.stop_tokens) if asset else []
+    ids = [vocab[t] for t in names if t in vocab] + requested_stop_ids(spec, vocab, size, requested)
     return sorted(set(ids))
 
 
@@ -300,11 +307,43 @@ def prepare_tokenizer(spec: str, source: str, is_local: bool, system_prompt: str
 
 
 def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-                trust_remote_code: bool = False) -> None:
+                trust_remote_code: bool = False, layers: str | None = None, stop_tokens: Sequence[str | int] = (),
+                gen_length: int | None = None) -> None:
     """Fail now, in one line, if ``spec`` cannot be resolved or its tokenizer cannot serve generation (see
-    :func:`prepare_tokenizer`); loads no weights. For commands that write before they load the model."""
+    :func:`prepare_tokenizer`); loads no weights. For commands that write before they load the model.
+
+    With the run's settings it also checks, from config.json and the tokenizer, what loading would refuse later:
+    the ``layers`` spec (:func:`~sri.models.adapter.parse_layers`), the ``stop_tokens`` and a generation length
+    of ``gen_length`` tokens against the context (``max_position_embeddings``)."""
     source, is_local = resolve_model_source(spec)
-    prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code)
+    config = _load_config(spec, source, is_local, trust_remote_code)
+    tokenizer = prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code, config=config)
+    text_config = getattr(config, "text_config", None) or config
+    n_layers = next((getattr(text_config, a) for a in ("num_hidden_layers", "n_layers", "num_layers")
+                     if isinstance(getattr(text_config, a, None), int)), None)
+    if layers is not None and n_layers is not None:
+        from .adapter import parse_layers
+
+        parse_layers(layers, n_layers)
+    if stop_tokens:
+        size = max(int(getattr(text_config, "vocab_size", 0) or 0), len(tokenizer))
+        requested_stop_ids(spec, tokenizer.get_vocab(), size, stop_tokens)
+    if gen_length is not None:
+        check_generation_length(gen_length, context_length(text_config))
+
+
+def context_length(config) -> int | None:
+    """The longest sequence a model's config allows (``max_position_embeddings`` or ``max_sequence_length``), or
+    ``None`` when the config names none."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
+
+
+def check_generation_length(gen_length: int, max_pos: int | None) -> None:
+    """Refuse a generation of ``gen_length`` tokens that fills the model's whole context of ``max_pos`` tokens on
+    its own (:class:`SriError`, one line)."""
+    if max_pos and gen_length >= max_pos:
+        raise SriError(f"the generation length ({gen_length} tokens from --steps/--gen-length) exceeds the "
+                       f"model's context of {max_pos} tokens on its own; lower --steps (or --gen-length)")
 
 
 def _load_config(spec: str, source: str, is_local: bool, trust_remote_code: bool):

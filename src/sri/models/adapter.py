@@ -16,6 +16,35 @@ from ..errors import SriError
 from ..io import check_text
 
 
+def parse_layers(spec: str | list[str] | list[int], n: int) -> list[int]:
+    """Turn ``"final"``, ``"mid"``, ``"first"``, ``"0"``, ``"-1"``, ``"final,mid"`` into hidden-state indices of an
+    ``n``-block model, in the order given, without repeats.
+
+    Indices follow ``output_hidden_states``: 0 = embeddings, i = block i, n = final norm (= ``-1`` = ``final``).
+    Raises :class:`SriError` (one line) for an unknown name, an index outside ``[-(n+1), n]`` or an empty spec.
+    """
+    items = spec.split(",") if isinstance(spec, str) else [str(s) for s in spec]
+    named = {"final": n, "last": n, "mid": n // 2, "middle": n // 2, "first": 1, "embed": 0}
+    out: list[int] = []
+    for raw in (s.strip() for s in items):
+        if raw in named:
+            idx = named[raw]
+        else:
+            try:
+                idx = int(raw)
+            except ValueError:
+                raise SriError(f"layer '{raw}' is not understood; use an index in [-{n + 1}, {n}] "
+                               "or final / mid / first / embed") from None
+            if not -(n + 1) <= idx <= n:
+                raise SriError(f"layer {idx} is out of range for a {n}-layer model; "
+                               f"use an index in [-{n + 1}, {n}]")
+            idx %= n + 1
+        if idx not in out:
+            out.append(idx)
+    if not out:
+        raise SriError("no layer given; use e.g. --layers final")
+    return out
+
 @dataclass(frozen=True)
 class Family:
     """Where a model family keeps its parts, as attribute paths from the loaded model object.
@@ -81,32 +110,8 @@ class ModelAdapter:
         return next(self.model.parameters()).dtype
 
     def resolve_layers(self, spec: str | list[str] | list[int]) -> list[int]:
-        """Turn ``"final"``, ``"mid"``, ``"first"``, ``"0"``, ``"-1"``, ``"final,mid"`` into hidden-state indices.
-
-        Indices follow ``output_hidden_states``: 0 = embeddings, i = block i, L = final norm (= ``-1`` = ``final``).
-        """
-        items = spec.split(",") if isinstance(spec, str) else [str(s) for s in spec]
-        n = self.num_layers
-        named = {"final": n, "last": n, "mid": n // 2, "middle": n // 2, "first": 1, "embed": 0}
-        out: list[int] = []
-        for raw in (s.strip() for s in items):
-            if raw in named:
-                idx = named[raw]
-            else:
-                try:
-                    idx = int(raw)
-                except ValueError:
-                    raise SriError(f"layer '{raw}' is not understood; use an index in [-{n + 1}, {n}] "
-                                   "or final / mid / first / embed") from None
-                if not -(n + 1) <= idx <= n:
-                    raise SriError(f"layer {idx} is out of range for a {n}-layer model; "
-                                   f"use an index in [-{n + 1}, {n}]")
-                idx %= n + 1
-            if idx not in out:
-                out.append(idx)
-        if not out:
-            raise SriError("no layer given; use e.g. --layers final")
-        return out
+        """Hidden-state indices of a layer spec for this model (:func:`parse_layers`)."""
+        return parse_layers(spec, self.num_layers)
 
     def layer_module(self, index: int) -> nn.Module:
         """The module whose forward output *is* hidden state ``index``."""

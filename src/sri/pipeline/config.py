@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ..data.assets import DEFAULT_MODEL
 from ..data.prompts import DEFAULT_SYSTEM_PROMPT
 from ..errors import SriError, clip
+from ..stats.bootstrap import MAX_RESAMPLES
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(gt=0, lt=1)]
@@ -247,7 +248,7 @@ class Analysis(Section):
     lambda_c: Probability = 0.5
     lambda_r: list[Probability] = [0.5, 0.3, 0.1]
     lambda_dip: Probability = 0.5
-    bootstrap: Annotated[int, Field(ge=0)] = 1000
+    bootstrap: Annotated[int, Field(ge=0, le=MAX_RESAMPLES)] = 1000
     panels: PositiveInt = 4
 
     @field_validator("lambda_r")
@@ -396,8 +397,12 @@ class StrictLoader(yaml.SafeLoader):
 
 
 def load_yaml(text: str) -> Any:
-    """Parse user-written YAML with :class:`StrictLoader` (raises ``yaml.YAMLError`` or :class:`SriError`)."""
-    return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass
+    """Parse user-written YAML with :class:`StrictLoader` (raises ``yaml.YAMLError`` or :class:`SriError`, the
+    latter also for nesting too deep for the recursive parser)."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass
+    except RecursionError:
+        raise SriError("the YAML nests too deeply (hundreds of levels); flatten it") from None
 
 
 def validation_message(e: ValidationError, root: str = "config") -> str:

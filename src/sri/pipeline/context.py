@@ -21,7 +21,7 @@ from ..data.prompts import PromptRecord
 from ..errors import SriError
 from ..io import LOCK_NAME, read_json, read_text, safe_child, write_json, write_text_atomic
 from ..tracing.store import TraceStore
-from .config import RunConfig, changed_keys, identity, parse_config
+from .config import RunConfig, changed_keys, identity, load_yaml, parse_config
 
 #: what a folder holds after an attempt that failed before computing anything: another config may take it over
 CLAIM_FILES = frozenset({"config.yaml", "provenance.json", "prompts", LOCK_NAME})
@@ -33,7 +33,9 @@ def claim_folder(run_dir: Path, cfg: RunConfig, text: str, log: Callable[[str], 
     saved = run_dir / "config.yaml"
     if saved.is_file():
         try:
-            old = parse_config(yaml.safe_load(read_text(saved)))
+            old = parse_config(load_yaml(read_text(saved)))
+        except yaml.YAMLError:
+            raise SriError(f"{saved} is not valid YAML any more; use another --out folder") from None
         except SriError as e:
             raise SriError(f"{saved} no longer validates ({e}); use another --out folder") from None
         changed = changed_keys(identity(old), identity(cfg))

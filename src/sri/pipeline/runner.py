@@ -131,9 +131,12 @@ def _run_samplers(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptReco
 
 
 def _check_models(cfg: RunConfig) -> None:
-    """Every model the run names exists and loads its tokenizer (no weights), before anything is written."""
+    """Every model the run names exists and loads its tokenizer (no weights), and the target model takes the run's
+    layers, stop tokens and generation lengths — before anything is written."""
     from ..models import check_model
 
-    check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code)
+    longest = max(getattr(s, "gen_length", s.steps) for s in [cfg.sampler, *cfg.samplers.values()])
+    check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code,
+                layers=cfg.layers, stop_tokens=cfg.stop_tokens, gen_length=longest)
     for name in dict.fromkeys(m for m in (cfg.attack_model, cfg.attacker, cfg.defenses.llm_guard_model) if m):
         check_model(name, system_prompt=cfg.system_prompt or None)

@@ -303,15 +303,14 @@ def _generation_length(sampler: Any) -> int:
 
 def _check_lengths(adapter: ModelAdapter, records: Sequence[PromptRecord], lengths: list[int], limit: int,
                    gen_length: int) -> None:
-    config = adapter.model.config
-    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "max_sequence_length", None)
+    from ..models import check_generation_length, context_length
+
+    max_pos = context_length(adapter.model.config)
+    check_generation_length(gen_length, max_pos)
     for rec, n in zip(records, lengths, strict=True):
         if n > limit:
             raise SriError(f"prompt '{rec.id}' is {n} tokens, over the limit of {limit}; shorten it or raise "
                            "--max-prompt-tokens")
-        if max_pos and gen_length >= max_pos:
-            raise SriError(f"the generation length ({gen_length} tokens from --steps/--gen-length) exceeds the "
-                           f"model's context of {max_pos} tokens on its own; lower --steps (or --gen-length)")
         if max_pos and n + gen_length > max_pos:
             raise SriError(f"prompt '{rec.id}' ({n} tokens) plus {gen_length} generated tokens exceeds the "
                            f"model's context of {max_pos}; shorten the prompt or lower --steps (or --gen-length)")
