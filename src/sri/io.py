@@ -440,8 +440,8 @@ def _is_number(v: Any) -> bool:
 def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNAL_FIELDS) -> list[dict[str, Any]]:
     """The rows of a signals JSONL (`sri signal`, `sri run`), each checked for the ``fields`` the caller reads:
     ``sri`` / ``text_signal`` lists of numbers in [0, 1] of one length, ``label`` text, ``refused`` true/false,
-    ``id`` (unique in the file) and ``key`` present. Anything else is a one-line error naming the file, the line
-    and the field."""
+    ``id`` (unique in the file) and ``key`` present. A ``label`` is checked wherever a row has one (the summaries
+    of every reader group by it). Anything else is a one-line error naming the file, the line and the field."""
     from .errors import clip
 
     path = Path(path)
@@ -453,7 +453,7 @@ def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNA
     seen_ids: dict[Any, int] = {}
     for n, r in numbered:
         where = f"{path}:{n}"
-        for name in fields:
+        for name in fields if "label" in fields or "label" not in r else (*fields, "label"):
             if name not in r:
                 raise SriError(f"{where} has no '{name}'; it is not a `sri signal` row (regenerate the file with "
                                "`sri signal`)")

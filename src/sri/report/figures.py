@@ -13,20 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path
-from .mpl import literal_text, plt
+from .mpl import literal_text, plt, save_figure
 
 REFUSED_COLOUR, ANSWERED_COLOUR, MEAN_COLOUR = "#c62828", "#2e7d32", "#111111"
 CLASS_COLOURS = {"harmless": "#1b9e77", "refused": "#d95f02", "complied-harmful": "#7570b3", "jailbreak": "#e7298a"}
 LAMBDA_COLOURS = ("#4c72b0", "#55a868", "#c44e52", "#8172b2")
-
-
-def save_figure(fig: Any, out: str | Path, dpi: int = 110) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    return out
 
 
 def _shade(ax: Any, steps: int) -> None:
@@ -69,7 +60,6 @@ def group_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, group
     for ax in axes[:, 0]:
         ax.set_ylabel("σ_t")
     fig.suptitle(title + "  — thin: prompts (red = text refused), bold: mean, band: 10–90%", fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, out)
 
 
@@ -101,7 +91,6 @@ def prompt_panels(rows: Sequence[dict[str, Any]], out: str | Path, *, flags: dic
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, out)
 
 
@@ -133,7 +122,6 @@ def attack_rates(analysis: dict[str, Any], out: str | Path, title: str = "Refusa
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, out)
 
 
@@ -159,7 +147,6 @@ def irr_bars(analysis: dict[str, Any], out: str | Path, title: str = "Internal r
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, out)
 
 
@@ -184,7 +171,6 @@ def sampler_rates(comparison: dict[str, Any], out: str | Path, title: str = "Sam
     axes[1].set_xticks(x, [r["group"] for r in groups], rotation=35, ha="right")
     axes[0].legend(fontsize=8, ncols=min(4, len(names)))
     fig.suptitle(title)
-    fig.tight_layout()
     return save_figure(fig, out)
 
 
@@ -204,5 +190,4 @@ def lda_scatter(geometry: dict[str, Any], out: str | Path, title: str = "LDA pro
     ax.set_title(title + f" — train accuracy {100 * geometry['train_accuracy']:.0f}%", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, out)

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SriError
-from ..io import atomic_path
-from .mpl import literal_text, plt
+from .mpl import literal_text, plt, save_figure, tidy_text
 
 COMPLY_COLOUR, REFUSE_COLOUR = "#e8f5e9", "#fdecea"
 _PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
@@ -70,7 +69,7 @@ def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title:
             ax.plot(x, s, color=colour, lw=0.6, alpha=0.25)
         q25, q75 = np.percentile(sig, [25, 75], axis=0)
         ax.fill_between(x, q25, q75, color=colour, alpha=0.15, lw=0)
-        ax.plot(x, sig.mean(0), color=colour, lw=2.2, label=f"{name} (n={len(members)})")
+        ax.plot(x, sig.mean(0), color=colour, lw=2.2, label=f"{tidy_text(name, 48, 1)} (n={len(members)})")
         text = np.array([m["text_signal"] for m in members])
         ax_text.step(x, text.mean(0), where="mid", color=colour, lw=1.8, alpha=0.9)
 
@@ -89,13 +88,4 @@ def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title:
     ax_text.set_ylabel("text not yet\nrefusing (share)")
     ax_text.set_xlabel("generation step t")
     ax_text.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, out)
-
-
-def _save(fig: Any, out: str | Path) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=130, format=out.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=130)

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ..io import atomic_path
-from .mpl import literal_text, plt
+from .mpl import literal_text, plt, save_figure, tidy_text
 
 
 @literal_text
@@ -23,16 +22,12 @@ def plot_roc(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], out:
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
         s = np.r_[np.asarray(pos, float), np.asarray(neg, float)]
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUROC {roc_auc_score(y, s):.3f})")
+        ax.plot(fpr, tpr, lw=1.8, label=f"{tidy_text(name, 48, 1)} (AUROC {roc_auc_score(y, s):.3f})")
     for x in (0.01, 0.05):
         ax.axvline(x, color="#bbbbbb", lw=0.8, ls=":")
     ax.plot([0, 1], [0, 1], color="#999999", lw=0.8, ls="--")
     ax.set(xlabel="false positive rate (harmless prompts)", ylabel="true positive rate (jailbreak prompts)",
            title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=130)
