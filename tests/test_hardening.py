@@ -168,7 +168,7 @@ def test_max_prompts_must_be_positive(tmp_path, capsys, value) -> None:
 
 #: (command, option, a bad value, the start of the rule in the message) for every numeric option
 NUMERIC = [
-    (["trace"], "--steps", "0", "≥ 1"), (["trace"], "--batch-size", "-2", "≥ 1"), (["trace"], "--seed", "-1", "≥ 0"),
+    (["trace"], "--steps", "0", "≥ 1"), (["trace"], "--batch-size", "-2", "≥ 1"), (["trace"], "--seed", "-1", "[0, 4294967295]"),
     (["trace"], "--temperature", "nan", "finite"), (["trace"], "--temperature", "-0.5", "≥ 0"),
     (["trace"], "--top-k", "-1", "≥ 0"), (["trace"], "--top-p", "0", "in (0, 1]"),
     (["trace"], "--top-p", "1.01", "in (0, 1]"), (["trace"], "--eps", "0", "in (0, 1)"),
@@ -177,11 +177,11 @@ NUMERIC = [
     (["trace"], "--mask-id", "-5", "≥ 0"), (["trace"], "--max-prompt-tokens", "0", "≥ 1"),
     (["trace"], "--gpus-per-worker", "-1", "≥ 0"), (["trace"], "--max-failed-batches", "-1", "≥ 0"),
     (["signal"], "--layer", "-2", "≥ -1"),
-    (["attack"], "--max-prompts", "0", "≥ 1"), (["attack"], "--shuffle-seed", "-1", "≥ 0"),
-    (["attack"], "--seed", "-1", "≥ 0"),
+    (["attack"], "--max-prompts", "0", "≥ 1"), (["attack"], "--shuffle-seed", "-1", "[0, 4294967295]"),
+    (["attack"], "--seed", "-1", "[0, 4294967295]"),
     (["judge-llm"], "--threshold", "1.5", "in [0, 1]"), (["judge-llm"], "--max-chars", "0", "≥ 1"),
     (["judge-llm"], "--batch-size", "0", "≥ 1"),
-    (["judge-calibrate"], "--max-rows", "0", "≥ 1"), (["judge-calibrate"], "--seed", "-1", "≥ 0"),
+    (["judge-calibrate"], "--max-rows", "0", "≥ 1"), (["judge-calibrate"], "--seed", "-1", "[0, 4294967295]"),
     (["analyze"], "--lambda-c", "2", "in [0, 1]"), (["analyze"], "--lambda-r", "-0.1", "in [0, 1]"),
     (["analyze"], "--lambda-dip", "nan", "finite"), (["analyze"], "--bootstrap", "-1", "[0, 100000]"),
     (["analyze"], "--bootstrap", str(2**70), "[0, 100000]"),
@@ -189,7 +189,9 @@ NUMERIC = [
     (["guard", "fit"], "--quantile", "1", "in (0, 1)"), (["guard", "fit"], "--quantile", "0", "in (0, 1)"),
     (["guard", "fit"], "--min-prefix", "0", "≥ 1"), (["guard", "fit"], "--stream-every", "0", "≥ 1"),
     (["dlm", "build"], "--steps", "0", "≥ 1"), (["dlm", "build"], "--lr", "0", "> 0"),
-    (["dlm", "build"], "--minutes", "-1", "> 0"), (["dlm", "build"], "--threads", "0", "≥ 1"),
+    (["dlm", "build"], "--minutes", "-1", "> 0"), (["dlm", "build"], "--threads", "0", "[1, 4096]"),
+    (["trace"], "--seed", str(2**70), "[0, 4294967295]"), (["trace"], "--threads", str(2**70), "[1, 4096]"),
+    (["guard", "fit"], "--seed", str(2**32), "[0, 4294967295]"),
     (["dlm", "build"], "--n-harmless", "-762", "≥ 1"), (["dlm", "gate", "m"], "--n-prompts", "0", "≥ 1"),
     (["dlm", "gate", "m"], "--block-length", "0", "≥ 1"), (["dlm", "distill"], "--n-harmful", "0", "≥ 1"),
 ]

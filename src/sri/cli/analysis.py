@@ -12,7 +12,7 @@ from rich.table import Table
 from ..errors import SriError
 from ..io import check_not_input, check_output_dir, check_output_file, check_user_file
 from ..stats.bootstrap import MAX_RESAMPLES
-from .app import NON_NEGATIVE, POSITIVE, PROBABILITY, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out
+from .app import POSITIVE, PROBABILITY, SEED, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out
 
 
 def _parse_options(items: list[str] | None, text_options: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -53,8 +53,8 @@ def attack(
     max_prompts: Annotated[int | None, typer.Option(
         callback=POSITIVE, help="Attack only the first K behaviours.")] = None,
     shuffle_seed: Annotated[int | None, typer.Option(
-        callback=NON_NEGATIVE, help="Shuffle the behaviours with this seed first.")] = None,
-    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Attack seed.")] = 0,
+        callback=SEED, help="Shuffle the behaviours with this seed first.")] = None,
+    seed: Annotated[int, typer.Option(callback=SEED, help="Attack seed.")] = 0,
     model: Annotated[str, typer.Option("--model", "-m", help="Target model (attacks that run one).")] =
         "qwen2.5-coder-0.5b-instruct",
     attacker: Annotated[str | None, typer.Option(help="PAIR attacker model (default: the target).")] = None,
@@ -155,7 +155,7 @@ def judge_calibrate(
     max_rows: Annotated[int | None, typer.Option(callback=POSITIVE, help="Use only the first K labelled rows.")] = None,
     max_chars: Annotated[int, typer.Option(callback=POSITIVE, help="Trim responses for the LLM judge.")] = 800,
     batch_size: Annotated[int, typer.Option(callback=POSITIVE, help="Pairs per forward pass.")] = 8,
-    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Seed of the fit / held-out split.")] = 0,
+    seed: Annotated[int, typer.Option(callback=SEED, help="Seed of the fit / held-out split.")] = 0,
     out_file: Annotated[Path | None, typer.Option("--out", help="Write the full result (JSON).")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -204,7 +204,7 @@ def analyze(
         callback=PROBABILITY, help="Dip threshold for incomplete-recovery flags.")] = 0.5,
     bootstrap: Annotated[int, typer.Option(callback=in_range(0, MAX_RESAMPLES),
                                            help="Bootstrap resamples for the CIs (0 = no CIs).")] = 1000,
-    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Bootstrap seed.")] = 0,
+    seed: Annotated[int, typer.Option(callback=SEED, help="Bootstrap seed.")] = 0,
 ) -> None:
     """Recovery metrics (RR, ASR, IRR, incomplete-recovery flags, HRR/FRR) with bootstrap CIs, and LDA."""
     from ..stats.recovery import LAMBDA_R, analyze_run

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ..limits import MAX_SEED, MAX_THREADS
+
 #: Plain (click) help: rich's help panels cut long option names with "…" in narrow terminals, click never does.
 HELP = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}}
 
@@ -42,14 +44,17 @@ def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool 
     """An option callback: the value (or each value of a repeatable option) must be a finite number in the
     interval; anything else is a usage error (one line, exit 2) before the command runs. ``None`` (not given)
     passes."""
-    left = "" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
-    right = "" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
+    def shown(x: float) -> str:  # 4294967295, not 4.29497e+09
+        return str(x) if isinstance(x, int) and abs(x) < 10**12 else f"{x:g}"
+
+    left = "" if lo is None else f"{'(' if lo_open else '['}{shown(lo)}"
+    right = "" if hi is None else f"{shown(hi)}{')' if hi_open else ']'}"
     if lo is not None and hi is not None:
         wanted = f"in {left}, {right}"
     elif lo is not None:
-        wanted = f"{'>' if lo_open else '≥'} {lo:g}"
+        wanted = f"{'>' if lo_open else '≥'} {shown(lo)}"
     elif hi is not None:
-        wanted = f"{'<' if hi_open else '≤'} {hi:g}"
+        wanted = f"{'<' if hi_open else '≤'} {shown(hi)}"
     else:
         wanted = "(any finite number)"
 
@@ -61,8 +66,7 @@ def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool 
                 raise typer.BadParameter(f"{v} is not a finite number; give a number {wanted}")
             if (lo is not None and (v < lo or (lo_open and v == lo))) or \
                     (hi is not None and (v > hi or (hi_open and v == hi))):
-                shown = v if isinstance(v, int) and abs(v) < 10**12 else f"{v:g}"
-                raise typer.BadParameter(f"{shown} is out of range; give a number {wanted}")
+                raise typer.BadParameter(f"{shown(v)} is out of range; give a number {wanted}")
         return value
 
     return check
@@ -70,8 +74,10 @@ def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool 
 
 #: the common ranges
 POSITIVE = in_range(1)  # counts, sizes, lengths, steps
-NON_NEGATIVE = in_range(0)  # seeds, optional counts, scales
+NON_NEGATIVE = in_range(0)  # optional counts, scales
 PROBABILITY = in_range(0, 1)
+SEED = in_range(0, MAX_SEED)
+THREADS = in_range(1, MAX_THREADS)
 
 
 def quiet_transformers() -> None:

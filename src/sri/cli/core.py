@@ -14,6 +14,8 @@ from .app import (
     HELP,
     NON_NEGATIVE,
     POSITIVE,
+    SEED,
+    THREADS,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -117,7 +119,7 @@ def trace(
         "--stop-token", help="Extra token (string or id) that ends a response; repeatable.")] = None,
     max_prompts: Annotated[int | None, typer.Option(callback=POSITIVE, help="Use only the first K prompts.")] = None,
     label: Annotated[str | None, typer.Option(help="Override every prompt's label.")] = None,
-    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(callback=SEED, help="Sampling seed.")] = 0,
     temperature: Annotated[float, typer.Option(
         callback=NON_NEGATIVE, help="0 = greedy (diffusion: Gumbel noise scale).")] = 0.0,
     top_k: Annotated[int, typer.Option(
@@ -167,7 +169,7 @@ def trace(
     max_failed_batches: Annotated[int, typer.Option(
         callback=NON_NEGATIVE, help="Skip up to K failing batches instead of stopping (re-running retries them).")] = 0,
     threads: Annotated[int | None, typer.Option(
-        callback=POSITIVE, help="torch CPU threads of this process (a Ray worker uses 1; equal thread counts give "
+        callback=THREADS, help="torch CPU threads of this process (a Ray worker uses 1; equal thread counts give "
                                 "bit-identical states).")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",

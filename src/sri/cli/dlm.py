@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import SriError
-from .app import HELP, NON_NEGATIVE, POSITIVE, DeviceOpt, app, err, in_range, out, quiet_transformers
+from .app import HELP, POSITIVE, SEED, THREADS, DeviceOpt, app, err, in_range, out, quiet_transformers
 
 dlm_app = typer.Typer(no_args_is_help=True, help="Adapt an AR chat model into a masked-diffusion LM (offline).", **HELP)
 app.add_typer(dlm_app, name="dlm")
@@ -49,7 +49,7 @@ def dlm_build(
         callback=in_range(0, lo_open=True),
         help="Stop training after this many minutes in this call (rerun to continue).")] = None,
     seed: Annotated[int, typer.Option(
-        callback=NON_NEGATIVE, help="Seeds data order, masks and the distillation set.")] = 0,
+        callback=SEED, help="Seeds data order, masks and the distillation set.")] = 0,
     batch_size: Annotated[int, typer.Option(callback=POSITIVE, help="Pairs per optimiser step.")] = 8,
     lr: Annotated[float, typer.Option(
         callback=in_range(0, lo_open=True), help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-4,
@@ -67,7 +67,7 @@ def dlm_build(
     gate_block_length: Annotated[int, typer.Option(callback=POSITIVE, help="Gate: semi-AR block length.")] = 16,
     gate_remasking: Annotated[str, typer.Option(help="Gate: remasking strategy.")] = "low_confidence",
     threads: Annotated[int | None, typer.Option(
-        callback=POSITIVE,
+        callback=THREADS,
         help="CPU threads for torch (default: torch's choice; 1 is faster on a CPU busy with other jobs).")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -107,9 +107,9 @@ def dlm_gate(
     block_length: Annotated[int, typer.Option(callback=POSITIVE, help="Semi-AR block length.")] = 16,
     remasking: Annotated[str, typer.Option(help="low_confidence | random | margin | entropy.")] = "low_confidence",
     batch_size: Annotated[int, typer.Option(callback=POSITIVE, help="Prompts per batch.")] = 8,
-    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Seed of the loss masks and random remasking.")] = 0,
+    seed: Annotated[int, typer.Option(callback=SEED, help="Seed of the loss masks and random remasking.")] = 0,
     threads: Annotated[int | None, typer.Option(
-        callback=POSITIVE, help="CPU threads for torch (default: torch's choice).")] = None,
+        callback=THREADS, help="CPU threads for torch (default: torch's choice).")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Quality gate on held-out prompts: masked-token loss, refusal / answer rates under AR-order and diffusion
@@ -151,7 +151,7 @@ def dlm_distill(
     teacher: Annotated[str, typer.Option(help="Refusing chat model.")] = "qwen2.5-coder-0.5b-instruct",
     n_harmless: Annotated[int, typer.Option(callback=POSITIVE, help="Harmless training prompts.")] = 500,
     n_harmful: Annotated[int, typer.Option(callback=POSITIVE, help="Harmful training prompts.")] = 400,
-    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Seed of the rephrasings and refusal draws.")] = 0,
+    seed: Annotated[int, typer.Option(callback=SEED, help="Seed of the rephrasings and refusal draws.")] = 0,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Only build (or resume) the cached distillation set that `sri dlm build` trains on."""

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..io import check_not_input, check_user_dir, check_user_file, read_signal_rows
-from .app import HELP, NON_NEGATIVE, POSITIVE, app, err, in_range, out
+from .app import HELP, POSITIVE, SEED, app, err, in_range, out
 
 #: what the guard reads of a signal row (labels are optional: benign-only checks use them when present)
 GUARD_FIELDS = ("id", "sri", "key")
@@ -36,7 +36,7 @@ def guard_fit(
         callback=POSITIVE, help="First prefix length the streaming guard decides on.")] = 1,
     stream_every: Annotated[int, typer.Option(
         callback=POSITIVE, help="Decide every K steps (and at T) instead of every step.")] = 1,
-    seed: Annotated[int, typer.Option(callback=NON_NEGATIVE, help="Training seed.")] = 0,
+    seed: Annotated[int, typer.Option(callback=SEED, help="Training seed.")] = 0,
     refusal_text: Annotated[str, typer.Option(help="Answer returned for a flagged generation.")] =
         "I'm sorry, but I can't help with that.",
 ) -> None:

@@ -20,10 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ..data.assets import DEFAULT_MODEL
 from ..data.prompts import DEFAULT_SYSTEM_PROMPT
 from ..errors import SriError, clip
+from ..limits import MAX_SEED, MAX_THREADS
 from ..stats.bootstrap import MAX_RESAMPLES
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(gt=0, lt=1)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class Section(BaseModel):
@@ -41,7 +43,7 @@ class ARSampler(Section):
     temperature: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     top_k: Annotated[int, Field(ge=0)] = 0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
 
     def build(self) -> Any:
         from ..sampling import ARConfig
@@ -67,7 +69,7 @@ class DiffusionSampler(Section):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3
     alg_temp: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
 
     def build(self) -> Any:
         from ..sampling import DiffusionConfig
@@ -82,7 +84,7 @@ class DiffusionARSampler(Section):
     steps: PositiveInt = 32
     temperature: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     cfg_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
 
     def build(self) -> Any:
         from ..sampling import DiffusionConfig
@@ -270,7 +272,8 @@ class ExecutionSection(Section):
     max_failed_batches: Annotated[int, Field(ge=0)] = 0
     max_retries: Annotated[int, Field(ge=0)] = 2
     num_cpus: PositiveInt | None = None  # CPUs of a private local cluster (default: all)
-    threads: PositiveInt | None = None  # torch CPU threads of this process (1 is fastest on a busy 2-core machine)
+    #: torch CPU threads of this process (1 is fastest on a busy 2-core machine)
+    threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = None
 
     def build(self, log: Any = None) -> Any:
         from ..tracing.executors import Execution
@@ -289,7 +292,7 @@ class RunConfig(Section):
     trust_remote_code: bool = False
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     stop_tokens: list[str] = []
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
     sampler: Sampler = ARSampler()
     samplers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")], Sampler] = {}
     layers: str = "final"
