@@ -161,7 +161,8 @@ def test_a_symlink_loop_is_named_as_such(tmp_path, capsys) -> None:
 
 def test_a_folder_given_as_anchors_is_named_as_a_folder(tmp_path, capsys) -> None:
     (tmp_path / "anchors").mkdir()
-    res = run_cli(["signal", "--anchors", str(tmp_path / "anchors"), "--traces", str(tmp_path),
+    (tmp_path / "traces").mkdir()
+    res = run_cli(["signal", "--anchors", str(tmp_path / "anchors"), "--traces", str(tmp_path / "traces"),
                    "--out", str(tmp_path / "s.jsonl")], capsys)
     assert_one_line_error(res, "anchors is a directory, but a file is expected")
 

@@ -348,6 +348,7 @@ def test_failed_run_does_not_block_the_corrected_config(tmp_path, capsys, monkey
     from tests.tiny_models import build_tiny_remote_llada
 
     remote = str(build_tiny_remote_llada(tmp_path / "remote"))
+    capsys.readouterr()  # transformers' "Writing model shards" bar, when no earlier test silenced it
     write_jsonl(tmp_path / "h.jsonl", [{"id": f"h{i}", "prompt": f"cats {i}"} for i in range(2)])
     write_jsonl(tmp_path / "x.jsonl", [{"id": f"x{i}", "prompt": f"bad {i}"} for i in range(2)])
     out = tmp_path / "run"
@@ -363,11 +364,14 @@ def test_failed_run_does_not_block_the_corrected_config(tmp_path, capsys, monkey
     from sri.pipeline import run as run_experiment
 
     run_experiment(_run_config(tmp_path, remote, tmp_path / "h.jsonl", trust_remote_code=True), out)
-    run_experiment(_run_config(tmp_path, remote, tmp_path / "h.jsonl", seed=5), out)  # nothing computed yet
-    assert [c.trust_remote_code for c in reached] == [True, False]
+    with pytest.raises(SriError, match="ships its own modelling code"):  # checked before the folder is touched
+        run_experiment(_run_config(tmp_path, remote, tmp_path / "h.jsonl", seed=5), out)
+    run_experiment(_run_config(tmp_path, remote, tmp_path / "h.jsonl", seed=5, trust_remote_code=True),
+                   out)  # nothing computed yet: another config takes the folder over
+    assert [(c.trust_remote_code, c.seed) for c in reached] == [(True, 0), (True, 5)]
     with pytest.raises(SriError, match="another configuration"):  # but a folder with work in it stays claimed
         (out / "traces").mkdir()
-        run_experiment(_run_config(tmp_path, remote, tmp_path / "h.jsonl", seed=6), out)
+        run_experiment(_run_config(tmp_path, remote, tmp_path / "h.jsonl", seed=6, trust_remote_code=True), out)
 
 
 # ------------------------------------------------------------------------------------------- 13: permissions

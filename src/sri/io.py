@@ -99,13 +99,21 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out", suffi
 
 
 def run_folder_above(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
-    """The nearest folder strictly above ``path`` that sri manages — a trace folder (``run.json`` + ``shards/``) or a
-    pipeline run folder (``config.yaml`` + ``provenance.json``) — and its kind, or None."""
+    """The nearest folder strictly above ``path`` that sri manages — a trace folder (``run.json`` + ``shards/``), a
+    pipeline run folder (``config.yaml`` + ``provenance.json``), a guard folder (``guard.json`` +
+    ``guard.safetensors``) or the asset cache ``$SRI_HOME`` — and its kind, or None."""
+    from .data.assets import sri_home
+
+    home = os.path.realpath(sri_home())
     for parent in Path(os.path.abspath(path)).parents:
         if (parent / "run.json").is_file() and (parent / "shards").is_dir():
             return parent, "trace folder"
         if (parent / "config.yaml").is_file() and (parent / "provenance.json").is_file():
             return parent, "pipeline run folder"
+        if (parent / "guard.json").is_file() and (parent / "guard.safetensors").is_file():
+            return parent, "guard folder"
+        if os.path.realpath(parent) == home:
+            return parent, "asset cache ($SRI_HOME)"
     return None
 
 
@@ -132,13 +140,32 @@ def check_user_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     return check_output_dir(path, option)
 
 
+#: files written together: an anchor or guard file's tensors and its JSON description
+_COMPANIONS = {".safetensors": ".json", ".json": ".safetensors"}
+
+
 def check_not_input(path: str | os.PathLike[str], option: str, **inputs: str | os.PathLike[str] | None) -> None:
-    """Refuse an output path that is one of the command's input files (``inputs``: option name → path), which
-    writing would overwrite."""
+    """Refuse an output path that writing would let overwrite an input (``inputs``: option name → path): the input
+    file itself (also through a link), the file written together with it (``anchors.json`` beside
+    ``anchors.safetensors``), or anything inside an input folder."""
+    out = os.path.realpath(path)
     for name, given in inputs.items():
-        if given is not None and Path(given).exists() and os.path.realpath(path) == os.path.realpath(given):
+        if given is None or not os.path.exists(given):
+            continue
+        real = os.path.realpath(given)
+        if os.path.isdir(real):
+            if out == real or out.startswith(real.rstrip(os.sep) + os.sep):
+                raise SriError(f"{option} {path} is inside the {name} folder {given}; writing there would change "
+                               "the input — choose a path outside it")
+            continue
+        root, suffix = os.path.splitext(real)
+        companion = root + _COMPANIONS[suffix] if suffix in _COMPANIONS else None
+        if out == real:
             raise SriError(f"{option} {path} is the {name} file; writing it would overwrite the input — choose "
                            "another output path")
+        if out == companion:
+            raise SriError(f"{option} {path} is the description written with the {name} file {given}; writing it "
+                           "would damage that input — choose another output path")
 
 
 def check_output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
@@ -266,11 +293,11 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=jsonable) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
-    lines = [json.dumps(r, ensure_ascii=False, default=_jsonable) for r in rows]
+    lines = [json.dumps(r, ensure_ascii=False, default=jsonable) for r in rows]
     write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
@@ -491,7 +518,8 @@ def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNA
     return [r for _, r in numbered]
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``json.dumps`` ``default=``: numpy/torch values as lists or numbers, paths as text."""
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):

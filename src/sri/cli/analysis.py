@@ -168,6 +168,7 @@ def judge_calibrate(
 
     if out_file is not None:
         check_user_file(out_file, suffix=".json")
+        check_not_input(out_file, "--out", **{"--labels": None if labels in DATASETS else labels})
     rows = read_jsonl(dataset_path(labels) if labels in DATASETS else labels)[:max_rows]
     scorers = {}
     for name in ([] if keyword_only else (model or [default_judge_model()])):

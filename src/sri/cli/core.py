@@ -323,6 +323,8 @@ def anchors(
         raise SriError(f"--out {out_file} must end in .safetensors")
     check_user_file(out_file, suffix=".safetensors")
     check_user_file(out_file.with_suffix(".json"), "--out's description", suffix=".json")
+    for path, option in ((out_file, "--out"), (out_file.with_suffix(".json"), "--out's description")):
+        check_not_input(path, option, **{"--harmless": harmless, "--harmful": harmful})
     fitted = fit_anchors(TraceStore.open(harmless), TraceStore.open(harmful))
     fitted.save(out_file)
     c = fitted.info["counts"]
@@ -345,8 +347,10 @@ def signal(
     from ..tracing.store import TraceStore
 
     check_user_file(out_file, suffix=".jsonl")
+    check_not_input(out_file, "--out", **{"--anchors": anchors_file})
     seen: dict[Path, Path] = {}
     for folder in traces:
+        check_not_input(out_file, "--out", **{"--traces": folder})
         real = folder.resolve()
         if real in seen:
             raise SriError(f"--traces {folder} is the same folder as --traces {seen[real]}; give each trace folder "
@@ -382,6 +386,7 @@ def plot(
     if out_file.suffix.lower() != ".png":
         raise SriError(f"--out {out_file} must end in .png")
     check_user_file(out_file, suffix=".png")
+    check_not_input(out_file, "--out", **{"--signals": signals, "--reference": reference})
     rows = _signal_rows(signals)
     ref = _signal_rows(reference) if reference else []
     plot_trajectories(rows, out_file, reference=ref, title=title)

@@ -45,6 +45,8 @@ def guard_fit(
     from ..signal import Anchors
 
     check_user_dir(out_dir)
+    for name in ("guard.json", "guard.safetensors"):
+        check_not_input(out_dir / name, "--out", **{"--benign": benign, "--calibrate": calibrate, "--anchors": anchors})
     fitted = fit_guard(read_signal_rows(benign, GUARD_FIELDS), read_signal_rows(calibrate, GUARD_FIELDS),
                        detector=detector, quantile=quantile, seed=seed,
                        stream=stream, min_prefix=min_prefix, every=stream_every,
@@ -81,7 +83,7 @@ def guard_score(
 
     if out_file is not None:
         check_user_file(out_file, suffix=".jsonl")
-        check_not_input(out_file, "--out", **{"--signals": signals})
+        check_not_input(out_file, "--out", **{"--signals": signals, "--guard": guard_dir})
     guard = Guard.load(guard_dir)
     rows = read_signal_rows(signals, GUARD_FIELDS)
     x, key = signal_matrix(rows, str(signals))

@@ -41,8 +41,15 @@ DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 def sri_home() -> Path:
-    """Root of the cache: ``$SRI_HOME`` or ``~/.cache/sri``."""
-    return Path(os.environ.get("SRI_HOME", Path.home() / ".cache" / "sri")).expanduser()
+    """Root of the cache: ``$SRI_HOME`` (made absolute, so workers started elsewhere find it) or ``~/.cache/sri``
+    when it is unset or empty. Raises :class:`SriError` when ``$SRI_HOME`` names something that is not a
+    folder."""
+    given = os.environ.get("SRI_HOME", "").strip()
+    home = Path(os.path.abspath(Path(given).expanduser())) if given else Path.home() / ".cache" / "sri"
+    if home.exists() and not home.is_dir():
+        raise SriError(f"SRI_HOME={given} is a file, not a folder; point SRI_HOME at a folder (or unset it to use "
+                       "~/.cache/sri)")
+    return home
 
 
 def models_dir() -> Path:

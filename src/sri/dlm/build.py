@@ -26,7 +26,7 @@ from typing import Any
 
 from ..data.assets import DEFAULT_MODEL, models_dir
 from ..errors import SriError
-from ..io import read_json, write_json
+from ..io import check_output_dir, read_json, write_json
 from ..models.adapter import DEFAULT_SYSTEM_PROMPT
 from .data import DistillSpec, distill, load_pairs
 from .gate import GateConfig, heldout_sets, run_gate
@@ -101,6 +101,12 @@ def build_dlm(config: BuildConfig, out: Path, *, minutes: float | None = None, g
 
     if config.distill.teacher != config.teacher or config.distill.system_prompt != config.system_prompt:
         raise SriError("BuildConfig.distill must use the build's teacher and system prompt")
+    out = Path(os.path.abspath(out))  # "." has no name to put the sibling work and temporary folders beside
+    if out.exists() and not (out.is_dir() and ((out / "sri_dlm.json").is_file() or not any(out.iterdir()))):
+        kind = "a folder" if out.is_dir() else "a file"
+        raise SriError(f"--out {out} is {kind} that is not a model built by `sri dlm build`; saving would replace "
+                       "it — give a new folder path")
+    check_output_dir(out.parent, "--out's parent folder")
     t_start = time.perf_counter()
     host_start = _host()
     done = out / "sri_dlm.json"

@@ -35,8 +35,8 @@ from typing import Any
 
 from ..data.assets import sri_home
 from ..data.prompts import PromptRecord
-from ..errors import SriError
-from ..io import read_json, read_jsonl, write_json, write_jsonl
+from ..errors import SriError, clip
+from ..io import is_blank, read_json, read_jsonl, write_json, write_jsonl
 from ..judges.keyword import is_refusal
 from ..progress import progress_bar
 from . import splits
@@ -277,12 +277,22 @@ def load_pairs(path: str | Path) -> DistilledSet:
     path = Path(path)
     rows = read_jsonl(path)
     pairs = []
+    seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str) \
-                or not row["prompt"].strip():
+                or is_blank(row["prompt"]):
             raise SriError(f"{path} row {i + 1} needs non-empty 'prompt' and string 'response' fields")
-        pairs.append({"id": str(row.get("id", f"pair-{i:05d}")), "label": str(row.get("label", "unlabelled")),
-                      **row, "response_source": "file"})
+        row_id, label = row.get("id", f"pair-{i:05d}"), row.get("label", "unlabelled")
+        if isinstance(row_id, bool) or not isinstance(row_id, (str, int)):
+            raise SriError(f"{path} row {i + 1}: 'id' is {clip(row_id)}, expected text or a whole number; fix that "
+                           "row")
+        if not isinstance(label, str):
+            raise SriError(f"{path} row {i + 1}: 'label' is {clip(label)}, expected text; fix that row")
+        if str(row_id) in seen:
+            raise SriError(f"{path} row {i + 1}: id {clip(str(row_id))} is already used by row {seen[str(row_id)]}; "
+                           "ids must be unique")
+        seen[str(row_id)] = i + 1
+        pairs.append({**row, "id": str(row_id), "label": label, "response_source": "file"})
     if not pairs:
         raise SriError(f"{path} holds no pairs; add JSONL rows with 'prompt' and 'response'")
     if (data_dir() / "advbench.jsonl").is_file():

@@ -33,7 +33,7 @@ from safetensors.numpy import load_file, save_file
 
 from .. import __version__
 from ..errors import IncompatibleError, SriError, clip
-from ..io import _jsonable, atomic_path, check_output_dir, read_json, write_json
+from ..io import atomic_path, check_output_dir, jsonable, read_json, write_json
 from ..signal import Anchors
 from ..tracing.store import KEY_FIELDS, check_compatible
 from .detectors import Detector, make_detector
@@ -142,7 +142,7 @@ class Guard:
         with atomic_path(weights) as tmp:  # the decision fields ride in the tensors' metadata, under their sha256
             save_file(tensors, str(tmp), metadata={"format": GUARD_FORMAT,
                                                    "decision": json.dumps(decision, sort_keys=True,
-                                                                              default=_jsonable)})
+                                                                              default=jsonable)})
         self.sha256 = _sha256(weights)
         meta = {**self.info, "format": GUARD_FORMAT, **decision, "tensors_sha256": self.sha256}
         write_json(folder / "guard.json", meta)

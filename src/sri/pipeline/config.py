@@ -497,8 +497,14 @@ def apply_overrides(data: Any, overrides: dict[str, Any]) -> Any:
     for dotted, value in overrides.items():
         node = out
         *parents, last = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for depth, p in enumerate(parents):
+            if node.get(p) is None:  # absent or null (e.g. `guard: null`): the override starts the section
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                where = ".".join(parents[:depth + 1])
+                raise SriError(f"--set {dotted}: {where} is {clip(node)}, not a section with keys; set {where} "
+                               "itself or a key of a section")
         node[last] = value
     return out
 

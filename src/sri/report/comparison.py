@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json, write_json, write_text_atomic
+from ..io import write_json, write_text_atomic
 from .figures import sampler_rates
 
 GROUP_ORDER_FIRST = ("harmful",)
@@ -34,7 +34,9 @@ def _value(est: dict[str, Any] | None) -> float | None:
 
 def compare_samplers(run_dirs: dict[str, Path], samplers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The comparison of the finished per-sampler runs ``name → folder`` (first = reference)."""
-    analyses = {name: read_json(Path(d) / "analysis.json") for name, d in run_dirs.items()}
+    from ..stats.recovery import load_analysis
+
+    analyses = {name: load_analysis(d) for name, d in run_dirs.items()}
     names = list(analyses)
     ref = names[0]
     groups_by = {name: _groups(a) for name, a in analyses.items()}

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import SriError
 from ..io import read_json, read_signal_rows, read_text, write_text_atomic
 from ..stats.bootstrap import ci_label
 from . import figures
@@ -199,10 +198,10 @@ def render_html(analysis: dict[str, Any], rows: list[dict[str, Any]], figs: dict
 
 def build_report(run_dir: str | Path, panels: int = 4) -> Path:
     """Figures + ``report.html`` for an analysed run folder; returns the HTML path."""
+    from ..stats.recovery import load_analysis
+
     run_dir = Path(run_dir)
-    if not (run_dir / "analysis.json").is_file():
-        raise SriError(f"{run_dir} has no analysis.json; run `sri analyze {run_dir}` first")
-    analysis = read_json(run_dir / "analysis.json")
+    analysis = load_analysis(run_dir)
     rows = read_signal_rows(run_dir / "signals.jsonl")
     figs = make_figures(run_dir, analysis, rows, panels)
     config = run_dir / "config.yaml"

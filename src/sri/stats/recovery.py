@@ -19,6 +19,8 @@ Every rate comes with a seeded percentile-bootstrap confidence interval over pro
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +30,7 @@ import numpy as np
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from ..errors import SriError
-from ..io import read_signal_rows, write_json, write_jsonl
+from ..io import jsonable, read_json, read_signal_rows, write_json, write_jsonl
 from .bootstrap import Estimate, conditional_share, share
 
 LAMBDA_C = 0.5
@@ -257,6 +259,34 @@ def analyze_run(run_dir: str | Path, **settings: Any) -> dict[str, Any]:
                        f"{path}` first")
     rows = read_signal_rows(path)
     result = analyze_signals(rows, **settings)
+    result["signals_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    result = json.loads(json.dumps(result, default=jsonable))  # exactly what the file will hold
+    result["sha256"] = _content_digest(result)
     write_json(run_dir / "analysis.json", result)
     write_jsonl(run_dir / "flags.jsonl", result["flags"])
+    return result
+
+
+def _content_digest(result: dict[str, Any]) -> str:
+    """sha256 of an analysis's canonical JSON (sorted keys), without its own ``sha256`` field."""
+    body = {k: v for k, v in result.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def load_analysis(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN_DIR/analysis.json`` as :func:`analyze_run` wrote it, for the current ``signals.jsonl``.
+
+    Raises :class:`SriError` (one line, with the fix ``sri analyze RUN_DIR``) when it is missing, was changed after
+    it was written (its ``sha256`` no longer matches its content), or analyses another ``signals.jsonl``."""
+    run_dir = Path(run_dir)
+    path = run_dir / "analysis.json"
+    fix = f"run `sri analyze {run_dir}` to recompute it"
+    if not path.is_file():
+        raise SriError(f"{run_dir} has no analysis.json; run `sri analyze {run_dir}` first")
+    result = read_json(path)
+    if not isinstance(result, dict) or result.get("sha256") != _content_digest(result):
+        raise SriError(f"{path} was changed after `sri analyze` wrote it (or comes from an older sri); {fix}")
+    signals = run_dir / "signals.jsonl"
+    if signals.is_file() and hashlib.sha256(signals.read_bytes()).hexdigest() != result.get("signals_sha256"):
+        raise SriError(f"{path} analyses an earlier {signals.name} (the file has changed since); {fix}")
     return result
