@@ -117,11 +117,11 @@ def validate(
     from ..pipeline import load_config
 
     cfg, _ = load_config(config, parse_sets(set_))
-    from ..pipeline.runner import _check_models
+    from ..pipeline.runner import preflight
     from ..pipeline.stages import prompts  # (imports the models: only once the config has been read)
 
     quiet_transformers()
-    _check_models(cfg)  # every model named resolves and its tokenizer loads (no weights), as `sri run` checks
+    preflight(cfg)  # models, layers, stop tokens, lengths and an anchors file, as `sri run` checks
     sets = prompts(cfg)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in sets.items())
     attacks = ", ".join(a.name for a in cfg.attacks) or "none"

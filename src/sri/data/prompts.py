@@ -50,8 +50,12 @@ def load_prompts(
     """Load prompts from a file or an offline dataset name, validated (non-empty text, unique ids).
 
     ``shuffle_seed`` shuffles deterministically before ``offset``/``max_prompts`` select a slice, so disjoint
-    slices of one shuffled set (e.g. anchor prompts vs evaluation prompts) never overlap.
+    slices of one shuffled set (e.g. anchor prompts vs evaluation prompts) never overlap. A ``label`` given must
+    be visible text (:class:`SriError` otherwise).
     """
+    if label is not None and is_blank(label):
+        raise SriError("the label is empty; give a label such as harmless or harmful, or leave it out to keep each "
+                       "row's own")
     path = Path(source)
     if path.is_dir():
         raise SriError(f"prompt source {source} is a directory; give a JSONL/CSV/TXT file (or an offline dataset "

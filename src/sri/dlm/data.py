@@ -77,9 +77,14 @@ def rephrase(prompt: str, template: str) -> str:
 
 
 def training_records(spec: DistillSpec) -> list[PromptRecord]:
-    """The training prompts of a distillation set (harmless first, then harmful), all from the training split."""
+    """The training prompts of a distillation set (harmless first, then harmful), all from the training split.
+    Asking for more prompts than the training split holds is a one-line :class:`SriError` naming what it holds."""
     rng = random.Random(spec.seed)
-    harmless = splits.training_prompts("harmless")[: spec.n_harmless]
+    available = splits.training_prompts("harmless")
+    if spec.n_harmless > len(available):
+        raise SriError(f"--n-harmless {spec.n_harmless} asks for more than the {len(available)} harmless training "
+                       "prompts; ask for fewer")
+    harmless = available[: spec.n_harmless]
     adv = []
     for i, r in enumerate(splits.training_prompts("advbench")):
         if i % 2:
@@ -94,6 +99,9 @@ def training_records(spec: DistillSpec) -> list[PromptRecord]:
         for pool in (adv, adv, strong):  # two AdvBench prompts per StrongREJECT prompt while both last
             if pool and len(harmful) < spec.n_harmful:
                 harmful.append(pool.pop(0))
+    if len(harmful) < spec.n_harmful:
+        raise SriError(f"--n-harmful {spec.n_harmful} asks for more than the {len(harmful)} harmful training prompts "
+                       "(AdvBench and its rephrasings, StrongREJECT); ask for fewer")
     return [_labelled(r, "harmless") for r in harmless] + [_labelled(r, "harmful") for r in harmful]
 
 

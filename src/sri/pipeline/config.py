@@ -271,9 +271,22 @@ class ExecutionSection(Section):
     address: str = "local"  # local (a private cluster) | auto | HOST:PORT
     max_failed_batches: Annotated[int, Field(ge=0)] = 0
     max_retries: Annotated[int, Field(ge=0)] = 2
-    num_cpus: PositiveInt | None = None  # CPUs of a private local cluster (default: all)
+    #: CPUs of a private local cluster (default: all)
+    num_cpus: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = None
     #: torch CPU threads of this process (1 is fastest on a busy 2-core machine)
     threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | None = None
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: str | int, info: ValidationInfo) -> str | int:
+        if _check_names(info):
+            from ..tracing.executors import parse_workers
+
+            try:
+                parse_workers(v)
+            except SriError as e:
+                raise ValueError(str(e).removeprefix("--workers ")) from None
+        return v
 
     def build(self, log: Any = None) -> Any:
         from ..tracing.executors import Execution

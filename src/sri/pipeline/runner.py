@@ -46,7 +46,7 @@ def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progre
     from .context import claim_folder
 
     sets = stages.prompts(cfg)  # 1. every prompt set (validated before the folder is claimed)
-    _check_models(cfg)
+    preflight(cfg)
     with folder_lock(run_dir):  # one writer per run folder
         claim_folder(run_dir, cfg, text, log)
         if cfg.samplers:
@@ -130,11 +130,15 @@ def _run_samplers(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptReco
         return write_comparison(run_dir, run_dirs, {n: s.model_dump(mode="json") for n, s in cfg.samplers.items()})
 
 
-def _check_models(cfg: RunConfig) -> None:
-    """Every model the run names exists and loads its tokenizer (no weights), and the target model takes the run's
-    layers, stop tokens and generation lengths — before anything is written."""
+def preflight(cfg: RunConfig) -> None:
+    """What a run reads besides its prompt sets, checked before anything is written: every model it names exists
+    and loads its tokenizer (no weights), the target model takes the run's layers, stop tokens and generation
+    lengths, and a reused ``anchors_file`` is a readable anchor file. One-line :class:`SriError` otherwise."""
     from ..models import check_model
+    from ..signal import Anchors
 
+    if cfg.prompts.anchors_file:
+        Anchors.load(cfg.prompts.anchors_file)
     longest = max(getattr(s, "gen_length", s.steps) for s in [cfg.sampler, *cfg.samplers.values()])
     check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code,
                 layers=cfg.layers, stop_tokens=cfg.stop_tokens, gen_length=longest)

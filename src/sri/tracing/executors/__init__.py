@@ -28,6 +28,10 @@ BACKENDS = ("local", "ray")
 _WORKERS = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
 
+#: the most Ray workers one run may ask for (one model copy each)
+MAX_WORKERS = 1024
+
+
 def parse_workers(spec: str | int | Sequence[int]) -> tuple[int, int]:
     """``"2"`` → (2, 2), ``"1-4"`` → (1, 4) (an autoscaling pool), with one-line errors."""
     if isinstance(spec, int):
@@ -41,6 +45,8 @@ def parse_workers(spec: str | int | Sequence[int]) -> tuple[int, int]:
     hi = int(m.group(2)) if m.group(2) is not None else lo
     if lo < 1 or hi < lo:
         raise SriError(f"--workers '{spec}' needs 1 ≤ MIN ≤ MAX; give e.g. 2 or 1-4")
+    if hi > MAX_WORKERS:
+        raise SriError(f"--workers '{spec}' asks for more than {MAX_WORKERS} workers; give at most {MAX_WORKERS}")
     return lo, hi
 
 
