@@ -66,6 +66,19 @@ def current_umask() -> int:
 _UMASK_LOCK = threading.Lock()
 
 
+def honour_umask(folder: str | os.PathLike[str]) -> None:
+    """Give every file and folder under ``folder`` (itself included) the mode the umask asks for (0666/0777 minus
+    the umask). For trees written by other libraries: safetensors writes its files 0600 whatever the umask, so a
+    model saved with ``save_pretrained`` could not be read by collaborators."""
+    mask = current_umask()
+    for root, _, files in os.walk(folder):  # links are not followed
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 # ------------------------------------------------------------------------------------------- output paths
 def _blocking_file(path: Path) -> Path | None:
     """The first existing ancestor of ``path`` that is not a folder (a file in the way), else None."""
@@ -184,6 +197,14 @@ def check_output_dir(path: str | os.PathLike[str], option: str = "--out") -> Pat
 
 def _check_writable(where: Path, path: Path, option: str) -> None:
     existing = _nearest_existing(where)
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    long = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
+    if long is not None:  # found now, before any parent folder is created for it
+        raise SriError(f"{option}: the name {long[:40]}… is {len(os.fsencode(long))} bytes, over this file "
+                       f"system's limit of {name_max}; choose a shorter name")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise SriError(f"{option} {path} is not writable ({existing} does not allow writing); choose another path "
                        "or fix its permissions")
@@ -386,25 +407,45 @@ def check_text(text: str, what: str) -> None:
 
 
 class _NonStandardJSON(ValueError):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, problem: str = "") -> None:
         super().__init__(name)
         self.name = name
+        self.problem = problem or (f"it holds {name}, which standard JSON does not allow; write a number or null "
+                                   "instead")
 
 
 def _refuse_constant(name: str) -> Any:
     raise _NonStandardJSON(name)
 
 
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _NonStandardJSON(key, f"the key {key!r} is given twice in one object; keep one")
+        out[key] = value
+    return out
+
+
 def loads_strict(text: str) -> Any:
-    """``json.loads`` refusing the non-standard constants ``NaN``, ``Infinity`` and ``-Infinity`` that Python's
-    json accepts by default (raised as :class:`ValueError` whose message names the constant)."""
-    return json.loads(text, parse_constant=_refuse_constant)
+    """``json.loads`` refusing what Python's json accepts silently: the non-standard constants ``NaN``,
+    ``Infinity`` and ``-Infinity``, and a key given twice in one object (the last would win). Raised as
+    :class:`ValueError` whose ``problem`` says which."""
+    return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicate_keys)
+
+
+#: invisible characters outside the format/control categories: Unicode's Default_Ignorable_Code_Point marks that
+#: are combining marks or letters (combining grapheme joiner, Hangul fillers, Mongolian and other variation
+#: selectors, Khmer inherent vowels)
+_IGNORABLE = frozenset([0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0, *range(0x180B, 0x1810),
+                        *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
 
 
 def is_blank(text: str) -> bool:
-    """Whether ``text`` holds nothing visible: only whitespace and invisible format or control characters
-    (zero-width space/joiners, word joiner, BOM, …) — such a prompt is as empty as ``"   "``."""
-    return all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc") for ch in text)
+    """Whether ``text`` holds nothing visible: only whitespace, invisible format or control characters
+    (zero-width space/joiners, word joiner, BOM, …) and the other default-ignorable code points (variation
+    selectors, combining grapheme joiner, Hangul fillers) — such a prompt is as empty as ``"   "``."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc") or ord(ch) in _IGNORABLE for ch in text)
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -441,8 +482,7 @@ def read_jsonl_numbered(path: str | os.PathLike[str]) -> list[tuple[int, dict[st
         except json.JSONDecodeError as e:
             raise SriError(f"{path}:{n} is not valid JSON ({e.msg}); fix or regenerate the file") from None
         except _NonStandardJSON as e:
-            raise SriError(f"{path}:{n} is not valid JSON: it holds {e.name}, which standard JSON does not "
-                           "allow; write a number or null instead") from None
+            raise SriError(f"{path}:{n} is not valid JSON: {e.problem}") from None
         except RecursionError:
             raise SriError(f"{path}:{n} nests JSON too deeply; fix or regenerate the file") from None
         if not isinstance(row, dict):
@@ -508,11 +548,11 @@ def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNA
                 raise SriError(f"{where}: 'refused' must be true or false, not {clip(value)}")
             elif name == "id" and (not isinstance(value, (str, int)) or isinstance(value, bool)):
                 raise SriError(f"{where}: 'id' must be text, not {clip(value)}")
-            elif name == "id":
-                if value in seen_ids:
-                    raise SriError(f"{where}: id {clip(value)} is already on line {seen_ids[value]}; each signal "
-                                   "needs its own id (remove the duplicate row or regenerate the file)")
-                seen_ids[value] = n
+            elif name == "id":  # 5 and "5" are one id, as in prompt files
+                if str(value) in seen_ids:
+                    raise SriError(f"{where}: id {clip(value)} is already on line {seen_ids[str(value)]}; each "
+                                   "signal needs its own id (remove the duplicate row or regenerate the file)")
+                seen_ids[str(value)] = n
             elif name == "key" and not isinstance(value, dict):
                 raise SriError(f"{where}: 'key' must be an object; regenerate the file with `sri signal`")
     return [r for _, r in numbered]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import errno
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -103,6 +104,14 @@ def _environment_error(e: OSError) -> str | None:
     return f"{name + ': ' if name else ''}{_ENVIRONMENT[e.errno]}"
 
 
+def _wrapped_os_error(e: Exception) -> str | None:
+    """The one-line message of an OS error that a Rust-backed library re-raised as its own exception type, with
+    the errno only in the text — safetensors: ``Error while serializing: I/O error: No space left on device (os
+    error 28)`` — or None."""
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    return _ENVIRONMENT.get(int(found.group(1))) if found else None
+
+
 def _interrupted() -> None:
     err.print("[yellow]interrupted[/] — completed shards are kept; re-run the same command to resume")
     sys.exit(130)
@@ -142,9 +151,15 @@ def main() -> None:
             traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
         _one_line("[red]error:[/]", message)
         sys.exit(2)
-    except Exception as e:  # the boundary: anything else is a bug
-        _internal_error(e)
-        sys.exit(1)
+    except Exception as e:  # the boundary: anything else is a bug …
+        message = _wrapped_os_error(e)
+        if message is None:
+            _internal_error(e)
+            sys.exit(1)
+        if debug_enabled():
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+        _one_line("[red]error:[/]", message)  # … except an OS error a library reported as its own (safetensors)
+        sys.exit(2)
     if code == 130:  # typer turns Ctrl-C inside a command into Exit(130)
         _interrupted()
     sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)

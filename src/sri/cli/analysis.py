@@ -9,10 +9,13 @@ import typer
 import yaml
 from rich.table import Table
 
-from ..errors import SriError
+from ..errors import SriError, clip
 from ..io import check_not_input, check_output_dir, check_output_file, check_user_file
 from ..stats.bootstrap import MAX_RESAMPLES
 from .app import POSITIVE, PROBABILITY, SEED, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out
+
+#: σ thresholds of the recovery analysis: strictly inside (0, 1), as the run config's ``analysis`` section requires
+THRESHOLD = in_range(0, 1, lo_open=True, hi_open=True)
 
 
 def _parse_options(items: list[str] | None, text_options: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -88,7 +91,14 @@ def attack(
     records = load_prompts(prompts, max_prompts=max_prompts, shuffle_seed=shuffle_seed)
     context = AttackContext(seed=seed, progress=True)
     if spec.needs_target or spec.reads_target:
-        context.target = load_adapter(model, device, dtype, "You are a helpful assistant")
+        diffusion = "causal" not in spec.model_kinds  # e.g. DIJA: the target's own mask token fills the slots
+        try:
+            context.target = load_adapter(model, device, dtype, "You are a helpful assistant", diffusion=diffusion)
+        except SriError as e:
+            if diffusion and "has no mask token" in str(e):
+                raise SriError(f"attack '{name}' applies to masked-diffusion models only, and '{model}' is not one "
+                               "(it has no mask token); give a LLaDA- or Dream-style model with -m") from None
+            raise
     if attacker:
         context.attacker = load_adapter(attacker, device, dtype, "You are a helpful assistant")
     rows = [r.to_row() for r in run_attack(name, records, context, **options)]
@@ -124,6 +134,10 @@ def judge_llm(
     requests, responses = [], []
     for i, r in enumerate(rows):
         meta = r.get("meta") if isinstance(r.get("meta"), dict) else {}
+        for where, value in (("meta.behavior", meta.get("behavior")), ("behavior", r.get("behavior"))):
+            if value is not None and not isinstance(value, str):
+                raise SriError(f"{input_file} row {i + 1}: '{where}' is {clip(value)}, not text; fix that row "
+                               "(it is the request the response is judged against)")
         req = meta.get("behavior") or r.get("behavior") or r.get(request_field)
         if not isinstance(req, str) or not isinstance(r.get(response_field), str):
             raise SriError(f"{input_file} row {i + 1} lacks a request ('{request_field}') or a response "
@@ -198,11 +212,11 @@ def judge_calibrate(
 @app.command()
 def analyze(
     run_dir: Annotated[Path, typer.Argument(help="Folder with signals.jsonl (from `sri run`, `sri demo`, …).")],
-    lambda_c: Annotated[float, typer.Option(callback=PROBABILITY, help="λ_c: 'was compliant' threshold.")] = 0.5,
+    lambda_c: Annotated[float, typer.Option(callback=THRESHOLD, help="λ_c: 'was compliant' threshold.")] = 0.5,
     lambda_r: Annotated[list[float] | None, typer.Option(
-        callback=PROBABILITY, help="λ_r thresholds (repeatable).")] = None,
+        callback=THRESHOLD, help="λ_r thresholds (repeatable).")] = None,
     lambda_dip: Annotated[float, typer.Option(
-        callback=PROBABILITY, help="Dip threshold for incomplete-recovery flags.")] = 0.5,
+        callback=THRESHOLD, help="Dip threshold for incomplete-recovery flags.")] = 0.5,
     bootstrap: Annotated[int, typer.Option(callback=in_range(0, MAX_RESAMPLES),
                                            help="Bootstrap resamples for the CIs (0 = no CIs).")] = 1000,
     seed: Annotated[int, typer.Option(callback=SEED, help="Bootstrap seed.")] = 0,

@@ -325,6 +325,9 @@ def anchors(
     check_user_file(out_file.with_suffix(".json"), "--out's description", suffix=".json")
     for path, option in ((out_file, "--out"), (out_file.with_suffix(".json"), "--out's description")):
         check_not_input(path, option, **{"--harmless": harmless, "--harmful": harmful})
+    if harmless.resolve() == harmful.resolve():
+        raise SriError(f"--harmless {harmless} and --harmful {harmful} are the same folder; give the traces of "
+                       "harmless prompts and of harmful prompts")
     fitted = fit_anchors(TraceStore.open(harmless), TraceStore.open(harmful))
     fitted.save(out_file)
     c = fitted.info["counts"]

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from ..errors import SriError
-from ..io import write_json, write_jsonl
+from ..io import honour_umask, write_json, write_jsonl
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -635,6 +635,7 @@ def _convert_gguf(gguf: Path, asset: ModelAsset, digest: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     fresh.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    honour_umask(tmp)
     install_converted(tmp, asset, digest, {"transformers": _version("transformers"), "torch": torch.__version__})
 
 

@@ -102,10 +102,13 @@ def _read_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 start = reader.line_num + 1
         except csv.Error as e:  # an unterminated quote, a field over csv's size limit, a NUL byte
             raise SriError(f"{path}:{reader.line_num + 1} is not valid CSV ({e}); fix that line") from None
-        for _, row in rows:  # a row longer than the header puts its extra cells under the key None
+        for where, row in rows:  # a row longer than the header puts its extra cells under the key None
+            if row.get(None):
+                raise SriError(f"{where} has {len(header) + len(row[None])} cells but the header names "
+                               f"{len(header)}; quote a cell that holds a comma (\"Hello, world\")")
             row.pop(None, None)
-    elif suffix == ".txt":
-        lines = read_text(path).splitlines()
+    elif suffix == ".txt":  # one prompt per line: split on \n (and \r\n) only, not on \f, \x85 or U+2028
+        lines = [line.removesuffix("\r") for line in read_text(path).split("\n")]
         rows = [(f"{path}:{n}", {"prompt": line}) for n, line in enumerate(lines, 1) if not is_blank(line)]
     else:
         raise SriError(f"{path}: unsupported prompt file type '{suffix}'; use .jsonl, .csv or .txt")

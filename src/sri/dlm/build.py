@@ -26,7 +26,7 @@ from typing import Any
 
 from ..data.assets import DEFAULT_MODEL, models_dir
 from ..errors import SriError
-from ..io import check_output_dir, read_json, write_json
+from ..io import check_output_dir, honour_umask, read_json, write_json
 from ..models.adapter import DEFAULT_SYSTEM_PROMPT
 from .data import DistillSpec, distill, load_pairs
 from .gate import GateConfig, heldout_sets, run_gate
@@ -209,6 +209,7 @@ def _save_model(adapter: Any, out: Path, record: dict[str, Any]) -> None:
     adapter.model.save_pretrained(tmp, safe_serialization=True)
     adapter.tokenizer.save_pretrained(tmp)
     write_json(tmp / "sri_dlm.json", record)
+    honour_umask(tmp)
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SriError
+from ..io import honour_umask
 from ..models.masked import make_bidirectional
 
 #: tokens tried first, in order, when the tokenizer declares no mask token
@@ -121,4 +122,5 @@ def save_converted(model: Any, tokenizer: Any, folder: str | Path) -> Path:
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    honour_umask(folder)
     return folder

@@ -33,7 +33,7 @@ from safetensors.numpy import load_file, save_file
 
 from .. import __version__
 from ..errors import IncompatibleError, SriError, clip
-from ..io import atomic_path, check_output_dir, jsonable, read_json, write_json
+from ..io import atomic_path, check_output_dir, is_blank, jsonable, read_json, write_json
 from ..signal import Anchors
 from ..tracing.store import KEY_FIELDS, check_compatible
 from .detectors import Detector, make_detector
@@ -326,6 +326,9 @@ def fit_guard(
         raise SriError(f"quantile must be in (0, 1) (got {quantile}); e.g. 0.99 for a 1% benign flag rate")
     if stream not in STREAM_MODES:
         raise SriError(f"stream mode '{stream}' is unknown; use one of {', '.join(STREAM_MODES)}")
+    if is_blank(refusal_text):
+        raise SriError("the refusal text is empty; a flagged generation must be answered with visible text (e.g. "
+                       f"{DEFAULT_REFUSAL!r})")
     check_benign(benign, "benign signals")
     check_benign(calibrate, "calibration signals")
     for rows, what in ((benign, "benign signals"), (calibrate, "calibration signals")):

@@ -137,6 +137,11 @@ class TraceStore:
                        log: Callable[[str], None] | None) -> TraceStore:
         for stale in (*folder.glob(".*.tmp"), *folder.glob("shards/.*.tmp")):  # left by a killed writer
             stale.unlink(missing_ok=True)
+        shards = folder / "shards"
+        if run.is_file() and shards.is_dir() and not any(shards.iterdir()):
+            if log is not None:  # an attempt that failed before its first batch: nothing to keep or to match
+                log(f"{folder} holds no traces yet; starting it with the current settings")
+            run.unlink()
         if run.is_file():
             old = _read_run(run)
             for section in ("key", "settings"):

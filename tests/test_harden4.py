@@ -1,0 +1,355 @@
+"""The fourth adversarial round (196 inputs by a tester who had not seen the code): one test per kind of broken
+promise, each with the tester's input — one-line ``error: …``, exit 2, nothing written, no silent wrong result."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sri.errors import SriError
+from tests.cli_helpers import assert_one_line_error, run_cli
+from tests.test_harden3 import CONFIG, _signal_row, _write_jsonl
+
+
+def _config(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(CONFIG)
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------- 1. model-dependent settings of a run
+@pytest.mark.parametrize("change, match", [
+    ({"layers": "999"}, "layer 999 is out of range for a 30-layer model"),
+    ({"layers": "final,banana"}, "layer 'banana' is not understood"),
+    ({"sampler.steps": 2**70}, "exceeds the model's context of 8192 tokens"),
+    ({"stop_tokens": [""]}, "stop token '' is not a single token"),
+    ({"prompts.anchors_file": "/etc/passwd"}, "is not a readable safetensors file"),
+])
+def test_run_settings_the_model_refuses_are_caught_before_writing(smollm, tmp_path, capsys, change, match) -> None:
+    cfg = _config(tmp_path, **change)
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), match)
+    out = tmp_path / "run"
+    assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(out)], capsys), match)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"seed": 2**32}, "seed: Input should be less than or equal to 4294967295"),
+    ({"execution.threads": 2**70}, "execution.threads: Input should be less than or equal to 4096"),
+    ({"execution.num_cpus": 2**70}, "execution.num_cpus: Input should be less than or equal to 4096"),
+    ({"execution.workers": 99999}, "asks for more than 1024 workers"),
+    ({"analysis.bootstrap": 10**9}, "analysis.bootstrap: Input should be less than or equal to 100000"),
+])
+def test_config_numbers_are_bounded_where_libraries_overflow(tmp_path, capsys, change, match) -> None:
+    assert_one_line_error(run_cli(["validate", str(_config(tmp_path, **change))], capsys), match)
+
+
+def test_deeply_nested_yaml_is_a_one_line_error(tmp_path, capsys) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(CONFIG + "extra: " + "[" * 20000 + "]" * 20000 + "\n", encoding="utf-8")
+    assert_one_line_error(run_cli(["validate", str(path)], capsys), "nests too deeply")
+
+
+@pytest.mark.parametrize("item, match", [
+    ("name.x=1", "name is 'tiny', not a section with keys"),
+    ("prompts.harmless.n.deep=3", "prompts.harmless.n is 2, not a section with keys"),
+    ("attacks.0.n=1", "not a section with keys"),
+])
+def test_set_through_a_value_that_is_not_a_section(tmp_path, capsys, item, match) -> None:
+    cfg = _config(tmp_path, attacks=[{"name": "flip"}])
+    assert_one_line_error(run_cli(["validate", str(cfg), "--set", item], capsys), match)
+
+
+def test_set_into_a_null_section_starts_it() -> None:
+    from sri.pipeline.config import apply_overrides
+
+    assert apply_overrides({"guard": None}, {"guard.quantile": 0.9}) == {"guard": {"quantile": 0.9}}
+
+
+# ------------------------------------------------------------------------------- 2. inputs that are not files
+@pytest.mark.parametrize("command", [["trace", "--steps", "2", "--prompts"], ["judge", "--input"], ["validate"]])
+def test_devices_and_fifos_are_named_not_called_missing(tmp_path, capsys, command) -> None:
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/null")):
+        extra = ["--out", str(tmp_path / "o")] if command[0] == "trace" else []
+        res = run_cli([*command, str(path), *extra], capsys)
+        assert_one_line_error(res, "not a regular file")
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------ 3. prompt files read exactly
+def test_a_csv_row_longer_than_its_header_is_refused(tmp_path) -> None:
+    from sri.data.prompts import load_prompts
+
+    path = tmp_path / "p.csv"
+    path.write_text("id,prompt\nc1,Hello, world and more\n", encoding="utf-8")
+    with pytest.raises(SriError, match=r"p.csv:2 has 3 cells but the header names 2; quote"):
+        load_prompts(str(path))
+
+
+def test_a_json_key_given_twice_is_refused(tmp_path) -> None:
+    from sri.data.prompts import load_prompts
+
+    path = _write_jsonl(tmp_path / "p.jsonl", ['{"id":"d1","prompt":"Name a fruit","prompt":"Name a tree"}'])
+    with pytest.raises(SriError, match="the key 'prompt' is given twice"):
+        load_prompts(str(path))
+
+
+def test_txt_prompts_split_on_newlines_only(tmp_path) -> None:
+    from sri.data.prompts import load_prompts
+
+    path = tmp_path / "p.txt"
+    path.write_text("Tell me a joke\x0cabout cats\r\nName a colour\u2028of the sky\n", encoding="utf-8")
+    assert [r.prompt for r in load_prompts(str(path))] == ["Tell me a joke\x0cabout cats",
+                                                          "Name a colour\u2028of the sky"]
+
+
+@pytest.mark.parametrize("text", ["\ufe0f\u034f\u034f", "\u3164", "\u180b \U000e0100"])
+def test_prompts_of_default_ignorable_characters_are_empty(tmp_path, text) -> None:
+    from sri.data.prompts import load_prompts
+
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"id": "v", "prompt": text}])
+    with pytest.raises(SriError, match="has an empty prompt"):
+        load_prompts(str(path))
+
+
+def test_an_empty_label_is_refused(tmp_path, capsys) -> None:
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}])
+    res = run_cli(["trace", "--prompts", str(prompts), "--label", "", "--steps", "2", "--out", str(tmp_path / "o")],
+                  capsys)
+    assert_one_line_error(res, "the label is empty")
+    assert not (tmp_path / "o").exists()
+
+
+def test_signal_ids_5_and_text_5_are_one_id(tmp_path) -> None:
+    from sri.io import read_signal_rows
+
+    path = _write_jsonl(tmp_path / "s.jsonl", [{**_signal_row(0), "id": 5}, {**_signal_row(1), "id": "5"}])
+    with pytest.raises(SriError, match="id '5' is already on line 1"):
+        read_signal_rows(path)
+
+
+@pytest.mark.parametrize("label", [None, 7, ["x"]])
+def test_guard_score_checks_labels_before_writing(tmp_path, capsys, label) -> None:
+    rows = [_signal_row(i) for i in range(12)]
+    benign, calib = _write_jsonl(tmp_path / "b.jsonl", rows[:8]), _write_jsonl(tmp_path / "c.jsonl", rows[8:])
+    assert run_cli(["guard", "fit", "--benign", str(benign), "--calibrate", str(calib), "--out", str(tmp_path / "g"),
+                    "--detector", "mahalanobis"], capsys).code == 0
+    scored = _write_jsonl(tmp_path / "s.jsonl", [{**_signal_row(0), "label": label}, _signal_row(1)])
+    res = run_cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals", str(scored),
+                   "--out", str(tmp_path / "out.jsonl")], capsys)
+    assert_one_line_error(res, "'label' must be text")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+# ----------------------------------------------------------------- 4. outputs never overwrite an input
+def test_outputs_may_not_overwrite_inputs_or_managed_folders(tmp_path, capsys, monkeypatch) -> None:
+    rows = [_signal_row(i) for i in range(12)]
+    benign, calib = _write_jsonl(tmp_path / "b.jsonl", rows[:8]), _write_jsonl(tmp_path / "c.jsonl", rows[8:])
+    guard = tmp_path / "g"
+    assert run_cli(["guard", "fit", "--benign", str(benign), "--calibrate", str(calib), "--out", str(guard),
+                    "--detector", "mahalanobis"], capsys).code == 0
+    before = (guard / "guard.json").read_bytes()
+    res = run_cli(["guard", "score", "--guard", str(guard), "--signals", str(benign), "--out",
+                   str(guard / "guard.json")], capsys)
+    assert_one_line_error(res, "is inside the guard folder")
+    assert (guard / "guard.json").read_bytes() == before
+
+    (tmp_path / "a.safetensors").write_bytes(b"x")
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "t").mkdir()
+    res = run_cli(["signal", "--anchors", str(tmp_path / "a.safetensors"), "--traces", str(tmp_path / "t"),
+                   "--out", str(tmp_path / "a.json")], capsys)
+    assert_one_line_error(res, "is the description written with the --anchors file")
+    assert (tmp_path / "a.json").read_text() == "{}"
+
+    labels = _write_jsonl(tmp_path / "lab.jsonl", [{"response": "I can't", "refused": True}])
+    res = run_cli(["judge-calibrate", "--keyword-only", "--labels", str(labels), "--out", str(labels)], capsys)
+    assert_one_line_error(res, "is the --labels file")
+
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    monkeypatch.setenv("SRI_HOME", str(home))
+    res = run_cli(["attack", "-a", "flip", "--prompts", str(labels), "--out", str(home / "data" / "advbench.jsonl")],
+                  capsys)
+    assert_one_line_error(res, "is inside the asset cache ($SRI_HOME)")
+    assert not (home / "data" / "advbench.jsonl").exists()
+
+
+def test_anchors_refuse_one_folder_as_both_sides(tmp_path, capsys) -> None:
+    (tmp_path / "t").mkdir()
+    res = run_cli(["anchors", "--harmless", str(tmp_path / "t"), "--harmful", str(tmp_path / "t" / "."),
+                   "--out", str(tmp_path / "a.safetensors")], capsys)
+    assert_one_line_error(res, "are the same folder")
+
+
+def test_an_over_long_output_name_creates_nothing(tmp_path, capsys) -> None:
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}])
+    res = run_cli(["trace", "--prompts", str(prompts), "--steps", "2", "--out",
+                   str(tmp_path / "sub" / ("x" * 300))], capsys)
+    assert_one_line_error(res, "over this file system's limit")
+    assert not (tmp_path / "sub").exists()
+
+
+# ------------------------------------------------------------------------------------------ 5. environment
+def test_sri_home_that_is_a_file_is_named(tmp_path, capsys, monkeypatch) -> None:
+    (tmp_path / "homefile").write_text("x")
+    monkeypatch.setenv("SRI_HOME", str(tmp_path / "homefile"))
+    for args in (["assets", "verify"], ["assets", "list"]):
+        assert_one_line_error(run_cli(args, capsys), "is a file, not a folder")
+
+
+def test_an_empty_sri_home_means_the_default(monkeypatch) -> None:
+    from sri.data.assets import sri_home
+
+    monkeypatch.setenv("SRI_HOME", "")
+    assert sri_home() == Path.home() / ".cache" / "sri"
+    monkeypatch.setenv("SRI_HOME", "rel/home")
+    assert sri_home() == Path(os.getcwd()) / "rel" / "home"
+
+
+def test_an_os_error_inside_safetensors_is_a_user_error() -> None:
+    from sri.cli import _wrapped_os_error
+
+    full = Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert "the disk is full" in _wrapped_os_error(full)
+    assert _wrapped_os_error(Exception("shape mismatch")) is None
+
+
+def test_honour_umask_fixes_files_written_0600(tmp_path) -> None:
+    from sri.io import honour_umask
+
+    (tmp_path / "m").mkdir()
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(b"x")
+    weights.chmod(0o600)
+    old = os.umask(0o022)
+    try:
+        honour_umask(tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+
+
+# ----------------------------------------------------------------------------------- 6. analysis and report
+def test_report_refuses_an_edited_or_stale_analysis(tmp_path, capsys) -> None:
+    rows = [_signal_row(i, label="harmless" if i % 2 else "harmful", refused=bool(i % 3)) for i in range(12)]
+    _write_jsonl(tmp_path / "signals.jsonl", rows)
+    assert run_cli(["analyze", str(tmp_path), "--bootstrap", "5"], capsys).code == 0
+    analysis = json.loads((tmp_path / "analysis.json").read_text())
+    (tmp_path / "analysis.json").write_text(json.dumps({**analysis, "flags": []}))
+    assert_one_line_error(run_cli(["report", str(tmp_path)], capsys), "was changed after `sri analyze` wrote it")
+    assert run_cli(["analyze", str(tmp_path), "--bootstrap", "5"], capsys).code == 0
+    _write_jsonl(tmp_path / "signals.jsonl", rows[:-1])
+    assert_one_line_error(run_cli(["report", str(tmp_path)], capsys), "analyses an earlier signals.jsonl")
+    assert not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize("option", ["--lambda-c", "--lambda-r", "--lambda-dip"])
+def test_analysis_thresholds_match_the_config_range(tmp_path, capsys, option) -> None:
+    assert_one_line_error(run_cli(["analyze", str(tmp_path), option, "1"], capsys), "in (0, 1)")
+
+
+def test_long_and_multi_line_labels_draw_without_warnings(tmp_path, capsys) -> None:
+    from sri.report.mpl import tidy_text
+
+    rows = [_signal_row(i, label="L" * 5000 if i % 2 else "two\nlines " * 300) for i in range(6)]
+    signals = _write_jsonl(tmp_path / "s.jsonl", rows)
+    res = run_cli(["plot", "--signals", str(signals), "--out", str(tmp_path / "p.png"),
+                   "--title", "t\n" * 500], capsys)
+    assert res.code == 0 and "Warning" not in res.err, res.err
+    assert tidy_text("x" * 200, 10, 1) == "x" * 9 + "…"
+    assert tidy_text("a\nb\nc", 10, 2) == "a\nb…"
+
+
+# ----------------------------------------------------------------------------------- 7. guard, judges, attacks
+def test_guard_refuses_an_empty_refusal_text(tmp_path, capsys) -> None:
+    rows = [_signal_row(i) for i in range(12)]
+    benign, calib = _write_jsonl(tmp_path / "b.jsonl", rows[:8]), _write_jsonl(tmp_path / "c.jsonl", rows[8:])
+    res = run_cli(["guard", "fit", "--benign", str(benign), "--calibrate", str(calib), "--out", str(tmp_path / "g"),
+                   "--refusal-text", " "], capsys)
+    assert_one_line_error(res, "the refusal text is empty")
+    assert not (tmp_path / "g").exists()
+
+
+def test_judge_llm_names_a_request_that_is_not_text(tmp_path, capsys) -> None:
+    rows = _write_jsonl(tmp_path / "j.jsonl", [{"prompt": "Say hi", "response": "hi", "meta": {"behavior": ["x"]}}])
+    res = run_cli(["judge-llm", "--input", str(rows), "--out", str(tmp_path / "o.jsonl"), "-m", "no-such-model"],
+                  capsys)
+    assert_one_line_error(res, "'meta.behavior' is ['x'], not text")
+
+
+def test_dija_refuses_an_autoregressive_target(smollm, tmp_path, capsys) -> None:
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "do a bad thing"}])
+    res = run_cli(["attack", "-a", "dija", "--prompts", str(prompts), "--out", str(tmp_path / "a.jsonl"),
+                   "-m", "smollm2-135m-instruct"], capsys)  # no mask token: not a masked-diffusion model
+    assert_one_line_error(res, "applies to masked-diffusion models only")
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------- 8. dlm build
+@pytest.mark.parametrize("kind", ["file", "foreign folder", "dot"])
+def test_dlm_build_never_replaces_what_is_not_its_model(tmp_path, capsys, monkeypatch, kind) -> None:
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"Say {i}", "response": f"{i}."} for i in range(4)])
+    target = tmp_path / "out"
+    if kind == "file":
+        target.write_text("hello")
+    else:
+        target.mkdir()
+        (target / "marker.txt").write_text("keep")
+    if kind == "dot":
+        monkeypatch.chdir(target)
+    res = run_cli(["dlm", "build", "--base", "smollm2-135m-instruct", "--pairs", str(pairs), "--steps", "1",
+                   "--no-gate", "--out", "." if kind == "dot" else str(target)], capsys)
+    assert_one_line_error(res, "that is not a model built by `sri dlm build`")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "pairs.jsonl"]
+    assert (target.read_text() == "hello") if kind == "file" else (target / "marker.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("field, value, match", [("label", ["x"], "'label' is ['x'], expected text"),
+                                                 ("id", {"a": 1}, "'id' is {'a': 1}, expected text"),
+                                                 ("id", "same", "is already used by row 1")])
+def test_dlm_pairs_fields_are_checked(tmp_path, field, value, match) -> None:
+    from sri.dlm.data import load_pairs
+
+    pairs = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Say {i}", "response": f"{i}.", field: value}
+                                                for i in range(2)])
+    with pytest.raises(SriError, match=match.replace("[", r"\[").replace("]", r"\]")):
+        load_pairs(pairs)
+
+
+def test_dlm_distill_refuses_more_prompts_than_the_split_holds(offline_data) -> None:
+    from sri.dlm.data import DistillSpec, training_records
+
+    with pytest.raises(SriError, match="asks for more than the .* harmless training prompts"):
+        training_records(DistillSpec(n_harmless=2**70, n_harmful=1))
+    with pytest.raises(SriError, match="asks for more than the .* harmful training prompts"):
+        training_records(DistillSpec(n_harmless=1, n_harmful=100_000))
+
+
+# ------------------------------------------------------------------------------------------ 9. trace folders
+def test_a_trace_folder_with_no_shards_is_taken_over(tiny_llama, tmp_path) -> None:
+    from sri.data.prompts import PromptRecord
+    from sri.sampling import ARConfig
+    from sri.tracing.tracer import trace_prompts
+
+    records = [PromptRecord("a", "hello there", "harmless", "t")]
+    out = tmp_path / "o"
+    (out / "shards").mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"key": {"dtype": "bfloat16"}, "settings": {}}))  # a failed attempt
+    store = trace_prompts(tiny_llama, records, out, sampler=ARConfig(steps=2), progress=False)
+    assert [r["id"] for r in store.rows()] == ["a"]
