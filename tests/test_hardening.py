@@ -168,7 +168,8 @@ def test_max_prompts_must_be_positive(tmp_path, capsys, value) -> None:
 
 #: (command, option, a bad value, the start of the rule in the message) for every numeric option
 NUMERIC = [
-    (["trace"], "--steps", "0", "≥ 1"), (["trace"], "--batch-size", "-2", "≥ 1"), (["trace"], "--seed", "-1", "[0, 4294967295]"),
+    (["trace"], "--steps", "0", "≥ 1"), (["trace"], "--batch-size", "-2", "≥ 1"),
+    (["trace"], "--seed", "-1", "[0, 4294967295]"),
     (["trace"], "--temperature", "nan", "finite"), (["trace"], "--temperature", "-0.5", "≥ 0"),
     (["trace"], "--top-k", "-1", "≥ 0"), (["trace"], "--top-p", "0", "in (0, 1]"),
     (["trace"], "--top-p", "1.01", "in (0, 1]"), (["trace"], "--eps", "0", "in (0, 1)"),
