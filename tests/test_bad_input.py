@@ -120,8 +120,9 @@ def test_mismatched_anchors_and_traces(tiny_llama, tiny_qwen2, tmp_path, capsys)
 
 def test_anchor_sets_that_would_be_empty(tiny_llama, tmp_path, capsys) -> None:
     _traces(tiny_llama, tmp_path / "h", 3, ["hello", "world"])
+    _traces(tiny_llama, tmp_path / "x", 3, ["do harm", "more harm"])
     # the tiny random model never writes a refusal phrase, so the refusal anchor would be empty
-    _fails_cleanly(["anchors", "--harmless", str(tmp_path / "h"), "--harmful", str(tmp_path / "h"), "--out",
+    _fails_cleanly(["anchors", "--harmless", str(tmp_path / "h"), "--harmful", str(tmp_path / "x"), "--out",
                     str(tmp_path / "a.safetensors")], capsys, "refusal anchor would be empty",
                    tmp_path / "a.safetensors")
 
