@@ -353,3 +353,19 @@ def test_a_trace_folder_with_no_shards_is_taken_over(tiny_llama, tmp_path) -> No
     (out / "run.json").write_text(json.dumps({"key": {"dtype": "bfloat16"}, "settings": {}}))  # a failed attempt
     store = trace_prompts(tiny_llama, records, out, sampler=ARConfig(steps=2), progress=False)
     assert [r["id"] for r in store.rows()] == ["a"]
+
+
+def test_a_trace_that_fails_before_its_first_batch_leaves_no_folder(tiny_llama, tmp_path, monkeypatch) -> None:
+    from sri.data.prompts import PromptRecord
+    from sri.sampling import ARConfig
+    from sri.tracing import tracer
+
+    def no_cluster(execution):
+        raise SriError("1 worker(s) × --gpus-per-worker 1e+308 need 1e+308 GPU(s), but the Ray cluster has 0")
+
+    monkeypatch.setattr("sri.tracing.executors.make_executor", no_cluster)
+    out = tmp_path / "o"
+    with pytest.raises(SriError, match="need 1e"):
+        tracer.trace_prompts(tiny_llama, [PromptRecord("a", "hello", "harmless", "t")], out,
+                             sampler=ARConfig(steps=2), progress=False)
+    assert not out.exists()  # the corrected command starts afresh (no run.json of the failed attempt)

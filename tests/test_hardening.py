@@ -183,7 +183,7 @@ NUMERIC = [
     (["judge-llm"], "--threshold", "1.5", "in [0, 1]"), (["judge-llm"], "--max-chars", "0", "≥ 1"),
     (["judge-llm"], "--batch-size", "0", "≥ 1"),
     (["judge-calibrate"], "--max-rows", "0", "≥ 1"), (["judge-calibrate"], "--seed", "-1", "[0, 4294967295]"),
-    (["analyze"], "--lambda-c", "2", "in [0, 1]"), (["analyze"], "--lambda-r", "-0.1", "in [0, 1]"),
+    (["analyze"], "--lambda-c", "2", "in (0, 1)"), (["analyze"], "--lambda-r", "-0.1", "in (0, 1)"),
     (["analyze"], "--lambda-dip", "nan", "finite"), (["analyze"], "--bootstrap", "-1", "[0, 100000]"),
     (["analyze"], "--bootstrap", str(2**70), "[0, 100000]"),
     (["report"], "--panels", "0", "≥ 1"),

@@ -4,6 +4,7 @@ per folder, nothing claimed before validation, and outputs that honour the umask
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -165,7 +166,8 @@ def test_truncated_shard_is_named_and_resume_redoes_it(traced, tmp_path, capsys)
     err = _fails_cleanly(_signal(traced, tmp_path), capsys, f"shard {shard} is damaged", tmp_path / "s.jsonl")
     assert f"delete it and re-run `sri trace --out {traced['folder']}` to redo it" in err
     b = tmp_path / "b.safetensors"
-    _fails_cleanly(["anchors", "--harmless", str(traced["folder"]), "--harmful", str(traced["folder"]), "--out",
+    other = shutil.copytree(traced["folder"], tmp_path / "other")  # a second folder (one folder for both is refused)
+    _fails_cleanly(["anchors", "--harmless", str(traced["folder"]), "--harmful", str(other), "--out",
                     str(b)], capsys, "00001.safetensors is damaged", b)
     res = run_cli(traced["cmd"], capsys)  # re-running the trace is not "complete": it redoes the shard
     assert res.code == 0, res.err

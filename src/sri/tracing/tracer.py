@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -107,12 +108,18 @@ def trace_prompts(
     from .executors import Execution, make_executor
 
     execution = execution or Execution()
+    created = not Path(out).exists()
     plan = plan_trace(adapter, records, out, sampler=sampler, layers=layers, pooling=pooling,
                       batch_size=batch_size, max_prompt_tokens=max_prompt_tokens, extra_settings=extra_settings)
-    executor = make_executor(execution)
-    outcomes = executor.run(adapter, plan, observers)
-    return write_batches(plan, outcomes, max_failed=execution.max_failed_batches, progress=progress,
-                         description=description, log=execution.log)
+    try:
+        executor = make_executor(execution)
+        outcomes = executor.run(adapter, plan, observers)
+        return write_batches(plan, outcomes, max_failed=execution.max_failed_batches, progress=progress,
+                             description=description, log=execution.log)
+    except BaseException:
+        if created and not any((Path(out) / "shards").glob("*.safetensors")):
+            shutil.rmtree(out, ignore_errors=True)  # failed before its first batch (e.g. no Ray cluster): no trace
+        raise
 
 
 @dataclass(frozen=True)
