@@ -55,7 +55,7 @@ def test_malformed_files(tiny_llama_dir, prompt_file, tmp_path, capsys) -> None:
                     str(tmp_path / "o")], capsys, "has no 'prompt' column", tmp_path / "o")
     dup = prompt_file(['{"id": "a", "prompt": "x"}', '{"id": "a", "prompt": "y"}'])
     _fails_cleanly(["trace", "--model", str(tiny_llama_dir), "--prompts", str(dup), "--out",
-                    str(tmp_path / "o")], capsys, "appears twice", tmp_path / "o")
+                    str(tmp_path / "o")], capsys, "p.jsonl:2: prompt id 'a' is already used on line 1", tmp_path / "o")
     _fails_cleanly(["trace", "--model", str(tiny_llama_dir), "--prompts", str(tmp_path / "nope.jsonl"), "--out",
                     str(tmp_path / "o")], capsys, "does not exist", tmp_path / "o")
 

@@ -48,8 +48,10 @@ def test_run_settings_the_model_refuses_are_caught_before_writing(smollm, tmp_pa
 @pytest.mark.parametrize("change, match", [
     ({"seed": 2**32}, "seed: Input should be less than or equal to 4294967295"),
     ({"execution.threads": 2**70}, "execution.threads: Input should be less than or equal to 4096"),
-    ({"execution.num_cpus": 2**70}, "execution.num_cpus: Input should be less than or equal to 4096"),
-    ({"execution.workers": 99999}, "asks for more than 1024 workers"),
+    ({"execution.backend": "ray", "execution.num_cpus": 2**70},
+     "execution.num_cpus: Input should be less than or equal to 4096"),
+    ({"execution.backend": "ray", "execution.workers": 99999}, "asks for more than 1024 workers"),
+    ({"execution.workers": 2}, "workers applies to backend: ray only"),
     ({"analysis.bootstrap": 10**9}, "analysis.bootstrap: Input should be less than or equal to 100000"),
 ])
 def test_config_numbers_are_bounded_where_libraries_overflow(tmp_path, capsys, change, match) -> None:
@@ -369,3 +371,114 @@ def test_a_trace_that_fails_before_its_first_batch_leaves_no_folder(tiny_llama, 
         tracer.trace_prompts(tiny_llama, [PromptRecord("a", "hello", "harmless", "t")], out,
                              sampler=ARConfig(steps=2), progress=False)
     assert not out.exists()  # the corrected command starts afresh (no run.json of the failed attempt)
+
+
+# ------------------------------------------------------------------ the fifth round (158 inputs, 18 broke)
+@pytest.mark.parametrize("device, match", [("meta", "is not supported"), ("xpu", "is not supported"),
+                                           ("mps", "MPS is not available"), ("cuda:7", "cuda:7")])
+def test_devices_this_machine_lacks_are_user_errors(device, match) -> None:
+    import torch
+
+    from sri.models import pick_device
+
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(SriError, match=match):
+        pick_device(device)
+
+
+def test_a_model_folder_with_truncated_weights_is_a_load_error(tiny_llama_dir, tmp_path, capsys) -> None:
+    import shutil
+
+    broken = shutil.copytree(tiny_llama_dir, tmp_path / "m")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}])
+    res = run_cli(["trace", "--model", str(broken), "--prompts", str(prompts), "--steps", "2",
+                   "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(res, "could not load folder")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("label", [" harmful", " jailbreak ", "Harmful"])
+def test_guard_benign_check_ignores_case_and_spaces(tmp_path, capsys, label) -> None:
+    rows = [_signal_row(i) for i in range(12)]
+    rows[0]["label"] = label
+    benign, calib = _write_jsonl(tmp_path / "b.jsonl", rows[:8]), _write_jsonl(tmp_path / "c.jsonl", rows[8:])
+    res = run_cli(["guard", "fit", "--benign", str(benign), "--calibrate", str(calib), "--out", str(tmp_path / "g")],
+                  capsys)
+    assert_one_line_error(res, "labelled harmful/jailbreak")
+
+
+def test_csv_labels_lose_the_space_after_the_comma(tmp_path) -> None:
+    from sri.data.prompts import load_prompts
+
+    path = tmp_path / "p.csv"
+    path.write_text("id,prompt,label\nz1,Say hi, harmful\n", encoding="utf-8")
+    assert load_prompts(str(path))[0].label == "harmful"
+
+
+def test_signals_of_two_models_in_one_file_are_refused(tmp_path, capsys) -> None:
+    rows = [_signal_row(i, label="harmless" if i % 2 else "harmful") for i in range(6)]
+    rows[3]["key"] = {**rows[3]["key"], "model": "other"}
+    signals = _write_jsonl(tmp_path / "s.jsonl", rows)
+    assert_one_line_error(run_cli(["plot", "--signals", str(signals), "--out", str(tmp_path / "p.png")], capsys),
+                          "s.jsonl:4 was computed with another key than line 1 (differs in model)")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "signals.jsonl").write_bytes(signals.read_bytes())
+    assert_one_line_error(run_cli(["analyze", str(tmp_path / "r")], capsys), "differs in model")
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "r" / "analysis.json").exists()
+
+
+def test_ray_options_without_the_ray_backend_are_refused(tmp_path, capsys) -> None:
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}])
+    res = run_cli(["trace", "--prompts", str(prompts), "--steps", "2", "--workers", "4", "--gpus-per-worker", "1",
+                   "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(res, "--workers, --gpus-per-worker apply to --backend ray only")
+    assert not (tmp_path / "o").exists()
+
+
+def test_prompt_ids_must_be_unique_across_the_sets_of_a_run(tmp_path, capsys) -> None:
+    good = _write_jsonl(tmp_path / "good.jsonl", [{"id": f"b{i}", "prompt": f"Name a fruit number {i}"}
+                                                  for i in range(4)])
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"id": f"b{i}", "prompt": f"Do harm number {i}"} for i in range(4)])
+    cfg = _config(tmp_path, **{"prompts.anchor_harmless.dataset": str(good), "prompts.harmless.dataset": str(good),
+                               "prompts.anchor_harmful.dataset": str(bad), "prompts.harmful.dataset": str(bad)})
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), "is also an id of prompts.anchor_harmless")
+
+
+def test_a_resumed_run_refuses_prompt_sets_that_changed(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from sri.data.prompts import PromptRecord
+    from sri.pipeline.stages import write_prompt_sets
+
+    run = SimpleNamespace(dir=tmp_path)
+    first = {"harmless": [PromptRecord("g0", "Name a fruit", "harmless", "f")],
+             "harmful": [PromptRecord("b0", "Do harm", "harmful", "f")]}
+    write_prompt_sets(run, first)
+    write_prompt_sets(run, first)  # the same sets: a plain resume
+    (tmp_path / "prompts" / "harmful.jsonl").unlink()
+    edited = {"harmless": [PromptRecord("g0", "Name a tree", "harmless", "f")], "harmful": first["harmful"]}
+    with pytest.raises(SriError, match="prompt set harmless is not the one this run started with .*'g0'"):
+        write_prompt_sets(run, edited)
+    assert not (tmp_path / "prompts" / "harmful.jsonl").exists()  # nothing written when one set changed
+
+
+@pytest.mark.parametrize("text, match", [("# only a comment\n", "the file is empty"), ("- a\n- b\n", "not a list"),
+                                         ("42\n", "not a single value (42)")])
+def test_config_files_that_are_not_mappings(tmp_path, capsys, text, match) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert_one_line_error(run_cli(["validate", str(path)], capsys), match)
+
+
+def test_a_failed_dlm_build_does_not_block_the_corrected_one(smollm, tmp_path, capsys) -> None:
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"Say {i}", "response": f"{i}."} for i in range(4)])
+    res = run_cli(["dlm", "build", "--pairs", str(pairs), "--out", str(tmp_path / "m"), "--steps", "1", "--no-gate",
+                   "--mask-token", "<not_a_token>"], capsys)
+    assert res.code == 2 and res.err.strip().splitlines()[-1].startswith("error: mask token '<not_a_token>' is not"), \
+        res.err  # (after the "• converting …" log line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]  # no .m.build left to block the next try

@@ -555,6 +555,14 @@ def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNA
                 seen_ids[str(value)] = n
             elif name == "key" and not isinstance(value, dict):
                 raise SriError(f"{where}: 'key' must be an object; regenerate the file with `sri signal`")
+    first = numbered[0][1].get("key")
+    for n, r in numbered[1:]:  # one file, one model/layer/pooling/step count: σ of two models do not mix
+        key = r.get("key")
+        if key is not None and first is not None and key != first:
+            fields = sorted(k for k in {*key, *first} if key.get(k) != first.get(k)) if \
+                isinstance(key, dict) and isinstance(first, dict) else ["key"]
+            raise SriError(f"{path}:{n} was computed with another key than line {numbered[0][0]} (differs in "
+                           f"{', '.join(fields[:4])}); keep one model, layer, pooling and step count per file")
     return [r for _, r in numbered]
 
 

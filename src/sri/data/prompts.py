@@ -74,7 +74,7 @@ def load_prompts(
     records = [_to_record(row, i, where, default_source, label) for i, (where, row) in enumerate(rows)]
     if not records:
         raise SriError(f"{source} holds no prompts; add at least one")
-    _check_unique(records, source)
+    _check_unique(records, [where for where, _ in rows])
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(records)
     end = None if max_prompts is None else offset + max_prompts
@@ -135,18 +135,19 @@ def _to_record(row: dict[str, Any], index: int, where: str, source: str, label: 
     return PromptRecord(
         id=str(row_id) if row_id not in (None, "") else f"{source}-{index:05d}",
         prompt=text,
-        label=label or row.get("label") or "unlabelled",
-        source=row.get("source") or source,
+        label=(label or row.get("label") or "").strip() or "unlabelled",  # a CSV's ", harmful" is 'harmful'
+        source=(row.get("source") or "").strip() or source,
         meta=meta,
     )
 
 
-def _check_unique(records: Sequence[PromptRecord], source: str | Path) -> None:
-    seen: set[str] = set()
-    for r in records:
+def _check_unique(records: Sequence[PromptRecord], wheres: Sequence[str]) -> None:
+    """Refuse a second row with an id already used (``wheres``: each record's ``file:line``)."""
+    seen: dict[str, str] = {}
+    for r, where in zip(records, wheres, strict=True):
         if r.id in seen:
-            raise SriError(f"{source}: prompt id '{r.id}' appears twice; ids must be unique")
-        seen.add(r.id)
+            raise SriError(f"{where}: prompt id {clip(r.id)} is already used on {seen[r.id]}; ids must be unique")
+        seen[r.id] = f"line {where.rsplit(':', 1)[-1]}"
 
 
 def load_template(name: str) -> str:

@@ -128,21 +128,28 @@ def build_dlm(config: BuildConfig, out: Path, *, minutes: float | None = None, g
     work = work_folder(out)
     recipe_file = work / "recipe.json"
     if recipe_file.is_file() and read_json(recipe_file) != _jsonable(config.recipe()):
-        raise SriError(f"{work} holds an unfinished build with another recipe; use the same settings to resume it "
-                       "or delete that folder to start over")
+        if (work / "init").exists() or (work / "checkpoint").exists():
+            raise SriError(f"{work} holds an unfinished build with another recipe; use the same settings to resume "
+                           "it or delete that folder to start over")
+        log(f"{work} holds only the recipe of an attempt that converted and trained nothing; replacing it")
+    new_work = not work.exists()
     write_json(recipe_file, config.recipe())
 
     t0 = time.perf_counter()
-    data = own_pairs if own_pairs is not None else \
-        distill(config.distill, progress=progress, device=device, log=log)
-    gc.collect()
-    distill_s = time.perf_counter() - t0
-
     init = work / "init"
-    if not (init / "config.json").is_file():
-        conversion = _convert(config, init, log)
-    else:
-        conversion = read_json(work / "conversion.json")
+    try:
+        data = own_pairs if own_pairs is not None else \
+            distill(config.distill, progress=progress, device=device, log=log)
+        gc.collect()
+        distill_s = time.perf_counter() - t0
+        if not (init / "config.json").is_file():
+            conversion = _convert(config, init, log)
+        else:
+            conversion = read_json(work / "conversion.json")
+    except BaseException:
+        if new_work and not init.exists():  # nothing converted: leave no work folder behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     write_json(work / "conversion.json", conversion)
 
     adapter = load_diffusion_model(str(init), device=device, dtype="fp32", system_prompt=config.system_prompt)

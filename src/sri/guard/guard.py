@@ -297,7 +297,8 @@ def signal_matrix(rows: Sequence[dict[str, Any]], what: str, field_name: str = "
 
 def check_benign(rows: Sequence[dict[str, Any]], what: str) -> None:
     """The guard never sees harmful or jailbreak data: refuse rows labelled so."""
-    bad = [r.get("id", i) for i, r in enumerate(rows) if str(r.get("label", "")).lower() in NOT_BENIGN_LABELS]
+    bad = [r.get("id", i) for i, r in enumerate(rows)  # ' Harmful ' is harmful too
+           if str(r.get("label", "")).strip().lower() in NOT_BENIGN_LABELS]
     if bad:
         raise SriError(f"{what} contain {len(bad)} rows labelled harmful/jailbreak (e.g. {bad[0]!r}); a guard is "
                        "fitted and calibrated on benign signals only")

@@ -106,14 +106,26 @@ def _safetensors_only(spec: str, e: Exception) -> SriError | None:
 
 
 def pick_device(device: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` / ``cuda:N`` or ``mps`` — each checked to exist
+    on this machine. Anything else (``meta``, ``xpu``, …) or an absent device is a one-line :class:`SriError`."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SriError(f"device '{device}' was asked for but CUDA is not available; use --device cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
-        raise SriError(f"device '{device}' is not understood; use auto, cpu or cuda[:N]") from None
+        raise SriError(f"device '{device}' is not understood; use auto, cpu, cuda[:N] or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SriError(f"device '{device}' was asked for but CUDA is not available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SriError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                           "device(s); use cuda:0 … or auto")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SriError(f"device '{device}' was asked for but Apple's MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise SriError(f"device '{device}' is not supported; use auto, cpu, cuda[:N] or mps")
+    return dev
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -148,7 +160,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # any failure to build the model from these files is about the files
         if not is_local and (refusal := _safetensors_only(spec, e)) is not None:
             raise refusal from None
         raise _load_error(spec, is_local, e) from None
@@ -234,7 +246,7 @@ def load_diffusion_model(
     try:
         model = auto_class.from_pretrained(source, config=config, dtype=torch_dtype, use_safetensors=True,
                                            trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # truncated weights, shapes that disagree with config.json, …
         raise ((not is_local and _safetensors_only(spec, e)) or _load_error(spec, is_local, e)) from None
     model.to(dev).eval()
     if model.get_output_embeddings() is None:

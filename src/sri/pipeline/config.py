@@ -288,6 +288,17 @@ class ExecutionSection(Section):
                 raise ValueError(str(e).removeprefix("--workers ")) from None
         return v
 
+    @model_validator(mode="after")
+    def _ray_settings_need_ray(self) -> ExecutionSection:
+        ray_only = [name for name, given in (("workers", str(self.workers).strip() != "1"),
+                                             ("gpus_per_worker", self.gpus_per_worker != 0),
+                                             ("address", self.address != "local"),
+                                             ("num_cpus", self.num_cpus is not None)) if given]
+        if self.backend == "local" and ray_only:
+            raise ValueError(f"{', '.join(ray_only)} appl{'ies' if len(ray_only) == 1 else 'y'} to backend: ray "
+                             "only; set backend: ray or drop them")
+        return self
+
     def build(self, log: Any = None) -> Any:
         from ..tracing.executors import Execution
 
@@ -464,8 +475,11 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 
 def parse_config(data: Any) -> RunConfig:
     """Validate a parsed YAML document (one-line :class:`SriError`)."""
+    if data is None:
+        raise SriError("config: the file is empty (or only comments); write the settings, see configs/ for examples")
     if not isinstance(data, dict):
-        raise SriError(f"config: the file must hold a mapping of settings (got {type(data).__name__})")
+        kind = "a list" if isinstance(data, list) else f"a single value ({clip(data)})"
+        raise SriError(f"config: the file must hold a mapping of settings (key: value lines), not {kind}")
     try:
         RunConfig.model_validate(data, context={"structure_only": True})  # fast: no registry imports
         return RunConfig.model_validate(data)

@@ -16,6 +16,7 @@ Attack prompts are only ever evaluated: the anchors see the anchor sets, the gua
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -55,11 +56,18 @@ def prompts(cfg: RunConfig) -> dict[str, list[PromptRecord]]:
     }
     used: set[str] = set()
     sets: dict[str, list[PromptRecord]] = {}
+    owner: dict[str, str] = {}  # id → the set that has it: signals.jsonl and the analysis hold every set at once
     for name, (ps, label) in spec.items():
         if ps is None:
             continue
-        sets[name] = select_prompts(ps, label, cfg.seed, used, f"prompts.{name.replace('-', '_')}")
+        key = f"prompts.{name.replace('-', '_')}"
+        sets[name] = select_prompts(ps, label, cfg.seed, used, key)
         used |= {normalise(r.prompt) for r in sets[name]}
+        for r in sets[name]:
+            if r.id in owner:
+                raise SriError(f"config: {key}: id {r.id!r} of {ps.dataset} is also an id of {owner[r.id]}; ids must "
+                               "be unique across the run's prompt sets — rename them in one of the files")
+            owner[r.id] = key
     if p.long_benign is not None:
         sets["long-benign"] = long_benign(p.harmless.dataset, p.long_benign.n, p.long_benign.min_chars, cfg.seed,
                                           used)
@@ -103,10 +111,28 @@ def long_benign(dataset: str, n: int, min_chars: int, seed: int, exclude: set[st
 
 
 def write_prompt_sets(run: Run, sets: dict[str, list[PromptRecord]]) -> None:
+    """Save every prompt set; on a resume, refuse sets that now draw other prompts (a prompt file the config names
+    was edited), since traces, anchors and signals of the old prompts would be mixed with new ones. All sets are
+    compared before any is written."""
+    from ..io import read_jsonl
+
+    todo = {}
     for name, records in sets.items():
         path = safe_child(run.dir / "prompts", name, ".jsonl")
+        rows = json.loads(json.dumps([r.to_row() for r in records]))
         if not path.is_file():
-            write_jsonl(path, [r.to_row() for r in records])
+            todo[path] = rows
+            continue
+        saved = read_jsonl(path)
+        if saved != rows:
+            old = {r.get("id"): r.get("prompt") for r in saved}
+            new = {r["id"]: r["prompt"] for r in rows}
+            changed = next((i for i in [*new, *old] if old.get(i) != new.get(i)), "?")
+            raise SriError(f"prompt set {name} is not the one this run started with (first change: id "
+                           f"{changed!r}); its prompt file was edited since — restore it to resume {run.dir}, or "
+                           "use another --out folder")
+    for path, rows in todo.items():
+        write_jsonl(path, rows)
 
 
 # ------------------------------------------------------------------------------------------ 2. attacks

@@ -103,6 +103,13 @@ class Execution:
             raise SriError(f"--max-failed-batches must be ≥ 0 (got {self.max_failed_batches})")
         if self.max_retries < 0:
             raise SriError(f"max_retries must be ≥ 0 (got {self.max_retries})")
+        ray_only = [name for name, given in (("--workers", self.workers != (1, 1)),
+                                             ("--gpus-per-worker", self.gpus_per_worker != 0),
+                                             ("--ray-address", self.address != "local"),
+                                             ("num_cpus", self.num_cpus is not None)) if given]
+        if self.backend == "local" and ray_only:  # silently ignoring them would hide a forgotten --backend ray
+            raise SriError(f"{', '.join(ray_only)} appl{'ies' if len(ray_only) == 1 else 'y'} to --backend ray "
+                           "only; add --backend ray or drop them")
 
     @classmethod
     def from_config(cls, data: dict[str, Any] | None, **extra: Any) -> Execution:
