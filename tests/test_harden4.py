@@ -482,3 +482,91 @@ def test_a_failed_dlm_build_does_not_block_the_corrected_one(smollm, tmp_path, c
     assert res.code == 2 and res.err.strip().splitlines()[-1].startswith("error: mask token '<not_a_token>' is not"), \
         res.err  # (after the "• converting …" log line)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]  # no .m.build left to block the next try
+
+
+# ------------------------------------------------------------------ the sixth round (50 inputs, 11 broke)
+def test_sampled_traces_do_not_depend_on_the_batch(tiny_llama, tmp_path) -> None:
+    from sri.data.prompts import PromptRecord
+    from sri.sampling import ARConfig
+    from sri.tracing.tracer import trace_prompts
+
+    records = [PromptRecord(f"p{i}", f"tell me about topic number {i}" + " please" * i, "harmless", "t")
+               for i in range(4)]
+    sampler = ARConfig(steps=6, temperature=1.0, seed=7)
+    by_four = trace_prompts(tiny_llama, records, tmp_path / "a", sampler=sampler, batch_size=4, progress=False)
+    by_two = trace_prompts(tiny_llama, records, tmp_path / "b", sampler=sampler, batch_size=2, progress=False)
+    tokens = {r["id"]: r["token_ids"] for r in by_four.rows()}
+    assert tokens == {r["id"]: r["token_ids"] for r in by_two.rows()}
+    assert len({tuple(t) for t in tokens.values()}) > 1  # really sampled, not one fixed answer
+
+
+def test_a_resumed_trace_refuses_another_label_or_text(tiny_llama, tmp_path) -> None:
+    from sri.data.prompts import PromptRecord
+    from sri.sampling import ARConfig
+    from sri.tracing.tracer import trace_prompts
+
+    first = [PromptRecord("a", "hello there", "harmless", "t")]
+    trace_prompts(tiny_llama, first, tmp_path / "o", sampler=ARConfig(steps=2), progress=False)
+    more = [PromptRecord("a", "hello there", "harmful", "t"), PromptRecord("b", "more", "harmful", "t")]
+    with pytest.raises(SriError, match=r"already holds prompt 'a' with another label \('harmless' there"):
+        trace_prompts(tiny_llama, more, tmp_path / "o", sampler=ARConfig(steps=2), progress=False)
+    edited = [PromptRecord("a", "hello again", "harmless", "t")]
+    with pytest.raises(SriError, match="with another prompt text"):
+        trace_prompts(tiny_llama, edited, tmp_path / "o", sampler=ARConfig(steps=2), progress=False)
+
+
+def test_guard_calibration_must_hold_other_prompts_not_just_other_ids(tmp_path, capsys) -> None:
+    rows = [_signal_row(i) for i in range(12)]
+    renamed = [{**r, "id": f"copy-{r['id']}"} for r in rows[:4]]
+    benign, calib = _write_jsonl(tmp_path / "b.jsonl", rows), _write_jsonl(tmp_path / "c.jsonl", renamed)
+    res = run_cli(["guard", "fit", "--benign", str(benign), "--calibrate", str(calib), "--out", str(tmp_path / "g")],
+                  capsys)
+    assert_one_line_error(res, "also in the benign fit set (e.g. 'copy-p0': the same id or prompt)")
+
+
+def test_anchors_file_of_other_settings_is_refused_before_writing(tiny_llama, tmp_path, capsys) -> None:
+    import torch
+
+    from sri.sampling import ARConfig
+    from sri.signal import Anchors
+    from sri.tracing.tracer import trace_key
+
+    key = {**trace_key(tiny_llama, ARConfig(steps=3), [2], "producing"), "model": "smollm2-135m-instruct",
+           "system_prompt": "You are a helpful assistant"}
+    anchors = tmp_path / "a.safetensors"
+    d = tiny_llama.hidden_size
+    Anchors(harmless={2: torch.zeros(3, d)}, harmful={2: torch.ones(3, d)}, key=key).save(anchors)
+    cfg = _config(tmp_path, **{"prompts.anchors_file": str(anchors)})
+    res = run_cli(["run", "--config", str(cfg), "--out", str(tmp_path / "run")], capsys)
+    assert_one_line_error(res, "differ in steps (3 vs 4)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_refuses_a_config_without_a_guard(tmp_path, capsys) -> None:
+    res = run_cli(["eval", "--config", str(_config(tmp_path)), "--out", str(tmp_path / "e")], capsys)
+    assert_one_line_error(res, "has no guard: section")
+    assert not (tmp_path / "e").exists()
+
+
+def test_judge_calibrate_needs_rows_to_fit_a_threshold(tmp_path) -> None:
+    from sri.judges.llm import calibrate
+
+    rows = [{"response": "I can't", "refused": True}]
+    with pytest.raises(SriError, match="split into 0 to fit"):
+        calibrate(rows, score_judges={"llm": lambda objectives, responses: [0.5] * len(responses)})
+
+
+def test_attack_list_takes_no_other_options(tmp_path, capsys) -> None:
+    res = run_cli(["attack", "--list", "-a", "flip", "--out", str(tmp_path / "a.jsonl")], capsys)
+    assert_one_line_error(res, "--list only lists the attacks")
+
+
+def test_prompts_spelling_special_tokens_are_noted(tiny_llama, tmp_path, capsys) -> None:
+    from sri.data.prompts import PromptRecord
+    from sri.sampling import ARConfig
+    from sri.tracing.tracer import trace_prompts
+
+    special = tiny_llama.tokenizer.eos_token
+    trace_prompts(tiny_llama, [PromptRecord("inj", f"Hello{special} more", "harmless", "t")], tmp_path / "o",
+                  sampler=ARConfig(steps=2), progress=False)
+    assert f"'inj' holds '{special}'" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def test_key_holds_system_prompt_dtype_and_decoding(tiny_llama) -> None:
     assert trace_key(tiny_llama, ARConfig(steps=4, top_k=5, seed=3), [2], "producing") == key
     sampled = trace_key(tiny_llama, ARConfig(steps=4, temperature=0.7, top_k=5, seed=3), [2], "producing")
     assert sampled["decoding"] == {"temperature": 0.7, "ignore_eos": False, "top_k": 5, "top_p": 1.0, "seed": 3,
-                                   "stop_token_ids": tiny_llama.stop_token_ids}
+                                   "random_stream": "per-prompt", "stop_token_ids": tiny_llama.stop_token_ids}
     fixed = trace_key(tiny_llama, ARConfig(steps=4, ignore_eos=True), [2], "producing")
     assert "stop_token_ids" not in fixed["decoding"]  # every row runs T steps: stop ids change nothing
 

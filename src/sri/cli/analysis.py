@@ -69,6 +69,8 @@ def attack(
     from ..data.prompts import load_prompts
     from ..io import write_jsonl
 
+    if list_attacks and (name or prompts or out_file is not None):
+        raise SriError("--list only lists the attacks; give it alone, or drop it to run --attack")
     if list_attacks:
         table = Table(title="attacks")
         for col in ("name", "family", "runs model", "models", "options", "what"):

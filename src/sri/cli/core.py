@@ -93,10 +93,12 @@ def assets_verify(
         table.add_row(row["kind"], row["name"], f"[{colour[row['status']]}]{row['status']}[/]", row["detail"])
     out.print(table)
     damaged = [r for r in rows if r["status"] == "damaged"]
-    if damaged:
-        first = damaged[0]
-        err.print(f"[red]error:[/] {len(damaged)} asset(s) damaged, e.g. {first['kind']} {first['name']}: "
-                  f"{first['detail']}", highlight=False, soft_wrap=True)
+    missing = [r for r in rows if r["status"] == "not fetched" and r.get("requested")]
+    if damaged or missing:
+        first = (damaged or missing)[0]
+        what = f"{len(damaged)} asset(s) damaged" if damaged else f"{len(missing)} asked-for asset(s) not fetched"
+        err.print(f"[red]error:[/] {what}, e.g. {first['kind']} {first['name']}: {first['detail']}",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     err.print(f"[green]ok[/] — {sum(r['status'] == 'ok' for r in rows)} asset(s) verified")
 

@@ -104,6 +104,13 @@ def eval_command(
 ) -> None:
     """Preset of `sri run` (configs/guard_eval.yaml): SRI Guard against baseline defenses on registry attacks and
     benign controls → tables.md (Table 13 / Table 4 shapes), eval.json, ROC curves, report."""
+    if config is not None:  # an evaluation of the guard needs a guard: refuse a config that would run without one
+        from ..pipeline.config import load_config
+
+        cfg, _ = load_config(config, parse_sets(set_))
+        if cfg.guard is None:
+            raise SriError(f"{config} has no guard: section, so `sri eval` would evaluate no guard; add one (see "
+                           "configs/guard_eval.yaml) or run it with `sri run`")
     _run_and_print(config or preset("guard_eval"), out_dir, parse_sets(set_))
 
 

@@ -685,15 +685,16 @@ def dataset_path(name: str) -> Path:
 def verify_assets(models: list[str] | None = None, data: bool = False) -> list[dict[str, Any]]:
     """Full sha256 check of cached assets: one row per model and dataset, ``status`` ok | damaged | not fetched.
 
-    Default (neither given): every fetched model and every fetched dataset. A model or dataset asked for by name
-    that is not fetched counts as damaged (it cannot be used); unrequested ones that are absent are listed only."""
+    Default (neither given): every fetched model and every fetched dataset. A row also says whether it was
+    ``requested`` by name: a requested asset that is not fetched cannot be used (the CLI fails on it), unrequested
+    ones that are absent are listed only."""
     everything = not models and not data
     names = list(models or (MODELS if everything else []))
     rows: list[dict[str, Any]] = []
     for name in names:
         asset = model_asset(name)
         if not asset.is_fetched():
-            rows.append({"kind": "model", "name": name, "status": "not fetched" if everything else "damaged",
+            rows.append({"kind": "model", "name": name, "status": "not fetched", "requested": not everything,
                          "detail": f"run `sri assets fetch --model {name}`", "path": str(asset.path)})
             continue
         problems = model_problems(asset)
@@ -704,11 +705,8 @@ def verify_assets(models: list[str] | None = None, data: bool = False) -> list[d
     if everything or data:
         for name, problems in data_problems(list(DATASETS)).items():
             path = data_dir() / f"{name}.jsonl"
-            if not path.is_file():
-                status = "not fetched" if everything else "damaged"
-            else:
-                status = "damaged" if problems else "ok"
-            rows.append({"kind": "data", "name": name, "status": status, "path": str(path),
+            status = "not fetched" if not path.is_file() else "damaged" if problems else "ok"
+            rows.append({"kind": "data", "name": name, "status": status, "path": str(path), "requested": data,
                          "detail": f"{_first(problems)}; run `sri assets fetch --data`" if problems
                          else "sha256 matches"})
     return rows

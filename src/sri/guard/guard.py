@@ -349,11 +349,15 @@ def fit_guard(
     check_compatible(key, c_key, "benign signals", "calibration signals", SIGNAL_KEY_FIELDS)
     if x.shape[1] != c.shape[1]:
         raise IncompatibleError(f"benign signals have {x.shape[1]} steps, calibration {c.shape[1]}; use one T")
-    ids_fit = {r.get("id") for r in benign}
-    overlap = [r.get("id") for r in calibrate if r.get("id") in ids_fit and r.get("id") is not None]
+    def same(r: dict[str, Any]) -> set[Any]:  # what makes two rows one prompt: its id or its text
+        prompt = r.get("prompt")
+        return {("id", str(r.get("id")))} | ({("prompt", prompt)} if isinstance(prompt, str) else set())
+
+    seen = set().union(*(same(r) for r in benign))
+    overlap = [r.get("id") for r in calibrate if same(r) & seen]
     if overlap:
-        raise SriError(f"{len(overlap)} calibration signals are also in the benign fit set (e.g. {overlap[0]!r}); "
-                       "calibrate on held-out prompts")
+        raise SriError(f"{len(overlap)} calibration signals are also in the benign fit set (e.g. {overlap[0]!r}: "
+                       "the same id or prompt); calibrate on held-out prompts")
     steps = x.shape[1]
     if not 1 <= min_prefix <= steps:
         raise SriError(f"min prefix must be in [1, {steps}] (got {min_prefix})")

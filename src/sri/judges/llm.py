@@ -151,6 +151,9 @@ def calibrate(rows: Sequence[dict[str, Any]], *,
     responses = [r["response"] for r in rows]
     human = np.array([r["refused"] for r in rows])
     fit, test = split_halves(rows, seed)
+    if score_judges and (len(fit) == 0 or len(test) == 0):
+        raise SriError(f"{len(rows)} labelled row(s) split into {len(fit)} to fit an LLM judge's threshold on and "
+                       f"{len(test)} to test it (each label is halved); use more rows (--max-rows), better hundreds")
     out: dict[str, Any] = {"n": len(rows), "n_fit": len(fit), "n_test": len(test), "seed": seed, "judges": {}}
     for name, judge in (verdict_judges or {}).items():
         refused = np.asarray(judge(objectives, responses), dtype=bool)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import SriError
 from ..io import check_output_dir, folder_lock, safe_child
 from .config import RunConfig, config_text, load_config
 
@@ -138,7 +139,16 @@ def preflight(cfg: RunConfig) -> None:
     from ..signal import Anchors
 
     if cfg.prompts.anchors_file:
-        Anchors.load(cfg.prompts.anchors_file)
+        key = Anchors.load(cfg.prompts.anchors_file).key
+        for spec in [cfg.sampler, *cfg.samplers.values()]:  # what the config alone tells (the rest: at stage 6)
+            sampler = spec.build()
+            wanted = {"model": cfg.model, "sampler": sampler.name, "steps": sampler.steps,
+                      "system_prompt": cfg.system_prompt or None}
+            for field, value in wanted.items():
+                if field in key and key[field] != value:
+                    raise SriError(f"prompts.anchors_file {cfg.prompts.anchors_file} and this run differ in {field} "
+                                   f"({key[field]!r} vs {value!r}); use anchors made with the run's settings, or "
+                                   "anchor prompt sets instead")
     longest = max(getattr(s, "gen_length", s.steps) for s in [cfg.sampler, *cfg.samplers.values()])
     check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code,
                 layers=cfg.layers, stop_tokens=cfg.stop_tokens, gen_length=longest)

@@ -251,7 +251,11 @@ def anchors(run: Run, stores: dict[str, TraceStore]) -> Anchors:
     if run.cfg.prompts.anchors_file:
         fitted = Anchors.load(run.cfg.prompts.anchors_file)
     elif path.is_file():
-        fitted = Anchors.load(path)
+        try:
+            fitted = Anchors.load(path)
+        except SriError as e:  # the run's own file: the fix is to let the run refit it
+            raise SriError(f"{path} cannot be read ({str(e).split(';')[0]}); delete it (and anchors.json) and re-run "
+                           "the same command to fit the anchors again") from None
     else:
         fitted = fit_anchors(stores["anchor-harmless"], stores["anchor-harmful"])
         fitted.save(path)

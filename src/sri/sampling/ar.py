@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -48,6 +49,18 @@ class ARConfig:
         return {"name": self.kind, **asdict(self)}
 
 
+def prompt_generators(input_ids: torch.Tensor, attention_mask: torch.Tensor, seed: int) -> list[torch.Generator]:
+    """One random generator per row, seeded from ``seed`` and the row's prompt tokens (``[B, S]``, padding
+    excluded): a sampled trace of a prompt is the same whatever batch it runs in, so batch size can stay out of
+    the compatibility key and a resume with another ``--batch-size`` continues the same streams."""
+    out = []
+    for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+        tokens = [t for t, m in zip(ids, mask, strict=True) if m]
+        digest = hashlib.sha256(f"{seed}:{tokens}".encode()).digest()
+        out.append(torch.Generator(device=input_ids.device).manual_seed(int.from_bytes(digest[:8], "little") >> 1))
+    return out
+
+
 def sample_ar(
     adapter: ModelAdapter,
     input_ids: torch.Tensor,
@@ -74,7 +87,7 @@ def sample_ar(
     eos = torch.tensor([] if config.ignore_eos else adapter.stop_token_ids, dtype=torch.long, device=input_ids.device)
     pad = adapter.pad_token_id
     warpers = _warpers(config)
-    generator = torch.Generator(device=input_ids.device).manual_seed(config.seed) if warpers else None
+    generators = prompt_generators(input_ids, attention_mask, config.seed) if warpers else []
     finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     end_step, ended_by = [T] * B, ["length"] * B
     tokens: list[torch.Tensor] = []
@@ -93,8 +106,8 @@ def sample_ar(
         for step in range(1, T + 1):
             logits = out.logits[:, -1, :].float()
             if warpers:
-                scores = warpers(None, logits)  # type: ignore[arg-type]
-                nxt = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+                probs = warpers(None, logits).softmax(-1)  # type: ignore[arg-type]
+                nxt = torch.cat([torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(generators)])
             else:
                 nxt = logits.argmax(-1)
             nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)

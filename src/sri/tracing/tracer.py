@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -54,8 +55,9 @@ def trace_key(adapter: ModelAdapter, sampler: Any, layers: list[int], pooling: s
         sampler = resolve_sampler(sampler, adapter)  # the schedule that runs, whether or not it was given
     if sampler.kind == "ar":
         decoding: dict[str, Any] = {"temperature": float(sampler.temperature), "ignore_eos": bool(sampler.ignore_eos)}
-        if sampler.temperature > 0:
-            decoding.update(top_k=sampler.top_k, top_p=float(sampler.top_p), seed=sampler.seed)
+        if sampler.temperature > 0:  # one random stream per prompt (sri.sampling.ar.prompt_generators)
+            decoding.update(top_k=sampler.top_k, top_p=float(sampler.top_p), seed=sampler.seed,
+                            random_stream="per-prompt")
     else:
         decoding = {k: getattr(sampler, k) for k in ("schedule", "gen_length", "block_length", "remasking")}
         decoding.update(temperature=float(sampler.temperature), cfg_scale=float(sampler.cfg_scale),
@@ -206,12 +208,25 @@ def plan_trace(
     layer_ids = adapter.resolve_layers(layers)
     conv = get_pooling(pooling, sampler.kind)
     rendered = [adapter.render(r.prompt) for r in records]
+    _warn_special_tokens(adapter, records)
     lengths = [adapter.count_tokens(text) for text in rendered]
     _check_lengths(adapter, records, lengths, max_prompt_tokens, _generation_length(sampler))
 
     meta = trace_meta(adapter, sampler, layer_ids, conv, layers, extra_settings)
+    if sampler.kind == "diffusion" and "seed" in meta["key"]["decoding"]:
+        # LLaDA's and Dream's samplers draw one noise tensor per batch: what a prompt gets depends on its batch, so
+        # a resume must batch the same way (recorded in the settings, which a resume must match)
+        meta["settings"]["batch_size"] = batch_size
     store = TraceStore.create(out, meta)
-    done = store.done_ids()
+    saved = {row["id"]: row for row in store.rows()}
+    done = set(saved)
+    for r in records:  # a resume continues the same prompts: an id whose text or label changed would mix two runs
+        old = saved.get(r.id)
+        if old is not None and (old.get("prompt"), old.get("label")) != (r.prompt, r.label):
+            what = "prompt text" if old.get("prompt") != r.prompt else \
+                f"label ({old.get('label')!r} there, {r.label!r} now)"
+            raise SriError(f"{out} already holds prompt {r.id!r} with another {what}; resume with the same prompts "
+                           "and --label, or use another --out folder")
     pending = sorted((i for i, r in enumerate(records) if r.id not in done), key=lambda i: lengths[i])
     batches = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
     return TracePlan(store=store, meta=meta, records=records, rendered=rendered, lengths=lengths,
@@ -302,6 +317,21 @@ def _model_conventions(adapter: ModelAdapter, sampler: Any) -> dict[str, Any]:
         raise SriError(f"the {sampler.name} sampler needs a masked diffusion model, but '{adapter.name}' was loaded "
                        "as an autoregressive one; load it with sri.models.load_diffusion_model")
     return {"diffusion_model": adapter.conventions_record()}  # type: ignore[attr-defined]
+
+
+def _warn_special_tokens(adapter: ModelAdapter, records: Sequence[PromptRecord]) -> None:
+    """Say so (stderr) when prompt or system-prompt text spells one of the tokenizer's special tokens: the
+    rendered conversation is tokenized whole, as transformers' ``apply_chat_template(tokenize=True)`` and the
+    reference code do, so such text becomes the control token itself (``<|im_end|>`` ends the user turn)."""
+    tok = adapter.tokenizer
+    specials = {t for t in getattr(tok, "all_special_tokens", []) if len(t) > 1}
+    specials |= {t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if getattr(t, "special", False)}
+    texts = [(r.id, r.prompt) for r in records] + [("(system prompt)", adapter.system_prompt or "")]
+    hits = [(i, s) for i, text in texts for s in sorted(specials) if s and s in text]
+    if hits:
+        print(f"note: {len({i for i, _ in hits})} prompt(s) spell special tokens of the model (e.g. {hits[0][0]!r} "
+              f"holds {hits[0][1]!r}); they are read as control tokens, as transformers' chat template does",
+              file=sys.stderr)
 
 
 def _generation_length(sampler: Any) -> int:
