@@ -93,7 +93,7 @@ def test_smoothllm_generates_perturbed_copies_and_votes(tiny_llama) -> None:
 def test_sri_guard_defense_interface() -> None:
     key = {"fingerprint": "f", "hidden_size": 4, "sampler": "ar", "steps": 6, "pooling": "producing", "layer": 1}
     rng = np.random.default_rng(0)
-    rows = [{"id": str(i), "prompt": "p", "sri": rng.beta(12, 1, 6).tolist(), "key": key} for i in range(120)]
+    rows = [{"id": str(i), "prompt": f"p{i}", "sri": rng.beta(12, 1, 6).tolist(), "key": key} for i in range(120)]
     guard = fit_guard(rows[:80], rows[80:], detector="mahalanobis")
     bad = [{"prompt": "p", "sri": [0.9, 0.1, 0.05, 0.1, 0.2, 0.9], "key": key}]
     for streaming in (False, True):

@@ -195,9 +195,9 @@ def test_whole_run_on_a_tiny_model_resumes(tiny_run) -> None:
     run(path, run_dir, progress=False)
     assert sorted(p.name for p in (run_dir / "traces").rglob("*.jsonl")) == shards
     assert all(r["llm_harmful"] for r in read_jsonl(run_dir / "signals.jsonl") if r["group"] != "harmless")
-    config["batch_size"], config["sampler"]["steps"] = 2, 5
+    config["batch_size"], config["sampler"]["temperature"] = 2, 0.5
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    with pytest.raises(SriError, match=r"another configuration \(changed: batch_size, sampler.steps\)"):
+    with pytest.raises(SriError, match=r"another configuration \(changed: batch_size, sampler.temperature\)"):
         run(path, run_dir, progress=False)
 
 

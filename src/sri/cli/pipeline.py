@@ -46,14 +46,16 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     return out_
 
 
-def _run_and_print(config: Path, out_dir: Path | None, overrides: dict[str, Any]) -> Path:
+def _run_and_print(config: Path, out_dir: Path | None, overrides: dict[str, Any], require_guard: bool = False
+                   ) -> Path:
     from ..io import check_not_in_run_folder
     from ..pipeline import run
 
     if out_dir is not None:
         check_not_in_run_folder(out_dir)
     quiet_transformers()
-    path = run(config, out_dir, log=lambda s: err.print(f"[cyan]•[/] {s}", highlight=False), overrides=overrides)
+    path = run(config, out_dir, log=lambda s: err.print(f"[cyan]•[/] {s}", highlight=False), overrides=overrides,
+               require_guard=require_guard)
     if path.suffix == ".md":  # several samplers: the comparison table
         out.print(path.read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
         err.print(f"[green]comparison[/] → {path} (per-sampler reports: {path.parent / 'samplers'}/*/report.html)")
@@ -104,14 +106,7 @@ def eval_command(
 ) -> None:
     """Preset of `sri run` (configs/guard_eval.yaml): SRI Guard against baseline defenses on registry attacks and
     benign controls → tables.md (Table 13 / Table 4 shapes), eval.json, ROC curves, report."""
-    if config is not None:  # an evaluation of the guard needs a guard: refuse a config that would run without one
-        from ..pipeline.config import load_config
-
-        cfg, _ = load_config(config, parse_sets(set_))
-        if cfg.guard is None:
-            raise SriError(f"{config} has no guard: section, so `sri eval` would evaluate no guard; add one (see "
-                           "configs/guard_eval.yaml) or run it with `sri run`")
-    _run_and_print(config or preset("guard_eval"), out_dir, parse_sets(set_))
+    _run_and_print(config or preset("guard_eval"), out_dir, parse_sets(set_), require_guard=True)
 
 
 @app.command()

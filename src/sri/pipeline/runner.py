@@ -27,9 +27,11 @@ if TYPE_CHECKING:  # the stages import torch and the models: only after the conf
 
 
 def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progress: bool = True,
-        log: Callable[[str], None] = lambda s: None, overrides: dict[str, Any] | None = None) -> Path:
+        log: Callable[[str], None] = lambda s: None, overrides: dict[str, Any] | None = None,
+        require_guard: bool = False) -> Path:
     """Run (or resume) the pipeline of ``config`` into ``out`` (default ``results/<name>``); returns the HTML
-    report (``comparison.md`` with several samplers). Raises :class:`~sri.errors.SriError` (one line) for a bad
+    report (``comparison.md`` with several samplers); ``require_guard`` (``sri eval``) refuses a config without a
+    ``guard:`` section. Raises :class:`~sri.errors.SriError` (one line) for a bad
     config, missing prompt sets or models, or a folder of another configuration — before writing anything."""
     if out is not None:
         check_output_dir(Path(out))
@@ -48,6 +50,9 @@ def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progre
 
     sets = stages.prompts(cfg)  # 1. every prompt set (validated before the folder is claimed)
     preflight(cfg)
+    if require_guard and cfg.guard is None:  # `sri eval`: an evaluation of the guard without a guard
+        raise SriError(f"the config of run '{cfg.name}' has no guard: section, so `sri eval` would evaluate no guard; "
+                       "add one (see configs/guard_eval.yaml) or run it with `sri run`")
     with folder_lock(run_dir):  # one writer per run folder
         claim_folder(run_dir, cfg, text, log)
         if cfg.samplers:
