@@ -234,6 +234,9 @@ def test_stopping_criteria_inside_model_generate(tiny_llama, tiny_llama_dir, tin
     assert any(e[0] for e in expected) and not all(e[0] for e in expected)  # a mixed batch: the check has teeth
     assert [(v.flag_step, v.sampler_step, v.when) for v in watch.verdicts] == expected
     assert watch.seconds > 0
+    with GuardedGeneration(guard, a, stop=False) as watch:  # what load_model returns is accepted too
+        _generate(a.model, ids, mask, a.pad_token_id, stopping_criteria=[watch.stopping_criteria])
+    assert [(v.flag_step, v.sampler_step, v.when) for v in watch.verdicts] == expected
     with GuardedGeneration(guard, model, stop=False) as watch:  # without a KV cache every forward is whole
         _generate(model, ids, mask, a.pad_token_id, stopping_criteria=[watch.stopping_criteria], use_cache=False)
     assert [(v.flag_step, v.sampler_step, v.when) for v in watch.verdicts] == expected

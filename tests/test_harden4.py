@@ -570,3 +570,40 @@ def test_prompts_spelling_special_tokens_are_noted(tiny_llama, tmp_path, capsys)
     trace_prompts(tiny_llama, [PromptRecord("inj", f"Hello{special} more", "harmless", "t")], tmp_path / "o",
                   sampler=ARConfig(steps=2), progress=False)
     assert f"'inj' holds '{special}'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the seventh round (50 inputs, 6 broke)
+def test_judge_llm_threshold_matches_the_config_range(tmp_path, capsys) -> None:
+    rows = _write_jsonl(tmp_path / "j.jsonl", [{"prompt": "Say hi", "response": "hi"}])
+    res = run_cli(["judge-llm", "--input", str(rows), "--out", str(tmp_path / "o.jsonl"), "--threshold", "1"], capsys)
+    assert_one_line_error(res, "give a number in [0, 1)")
+
+
+@pytest.mark.parametrize("kwargs, match", [({"max_prompts": -1}, "max_prompts must be ≥ 1"),
+                                           ({"max_prompts": 0}, "max_prompts must be ≥ 1"),
+                                           ({"offset": -2}, "offset must be ≥ 0")])
+def test_load_prompts_refuses_negative_slices(tmp_path, kwargs, match) -> None:
+    from sri.data.prompts import load_prompts
+
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"p {i}"} for i in range(3)])
+    with pytest.raises(SriError, match=match):
+        load_prompts(str(path), **kwargs)
+
+
+def test_demo_refuses_a_set_that_a_shortcut_also_sets(tmp_path, capsys) -> None:
+    res = run_cli(["demo", "--out", str(tmp_path / "d"), "--paper-size", "--set", "prompts.anchor_harmless.n=4"],
+                  capsys)
+    assert_one_line_error(res, "--set prompts.anchor_harmless.n and --paper-size both set")
+    res = run_cli(["demo", "--out", str(tmp_path / "d"), "--model", "x", "--set", "model=y"], capsys)
+    assert_one_line_error(res, "--set model and --model both set model")
+    assert not (tmp_path / "d").exists()
+
+
+def test_tracing_no_prompts_writes_nothing(tiny_llama, tmp_path) -> None:
+    from sri.sampling import ARConfig
+    from sri.tracing.tracer import trace_prompts
+
+    with pytest.raises(SriError, match="no prompts to trace"):
+        trace_prompts(tiny_llama, [], tmp_path / "o", sampler=ARConfig(steps=2), progress=False)
+    assert not (tmp_path / "o").exists()
+

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..errors import SriError, clip
 from ..io import check_not_input, check_output_dir, check_output_file, check_user_file
 from ..stats.bootstrap import MAX_RESAMPLES
-from .app import POSITIVE, PROBABILITY, SEED, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out
+from .app import POSITIVE, SEED, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out
 
 #: σ thresholds of the recovery analysis: strictly inside (0, 1), as the run config's ``analysis`` section requires
 THRESHOLD = in_range(0, 1, lo_open=True, hi_open=True)
@@ -115,7 +115,8 @@ def judge_llm(
     out_file: Annotated[Path, typer.Option("--out", help="Rows with llm_complies_p / llm_complies added.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Judge model ('auto': 1.5B if fetched).")] = "auto",
     threshold: Annotated[float, typer.Option(
-        callback=PROBABILITY, help="p(yes) above this counts as compliance.")] = 0.5,
+        callback=in_range(0, 1, hi_open=True),  # as the config's judge.threshold: p(yes) > 1 is impossible
+        help="p(yes) above this counts as compliance.")] = 0.5,
     request_field: Annotated[str, typer.Option(help="Request text: meta.behavior when present, else this.")] =
         "prompt",
     response_field: Annotated[str, typer.Option(help="Field with the response.")] = "response",

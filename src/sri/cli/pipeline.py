@@ -89,11 +89,14 @@ def demo(
     """Preset of `sri run` (configs/demo.yaml): anchors, then unseen harmless, harmful and jailbreak prompts →
     signals, trajectories figure, summary table, report."""
     overrides = parse_sets(set_)
-    if model:
-        overrides["model"] = model
+    shortcuts = {"model": model} if model else {}
     if paper_size:
-        overrides.update({"prompts.anchor_harmless.n": 400, "prompts.anchor_harmful.n": 400})
-    _run_and_print(preset("demo"), out_dir, overrides)
+        shortcuts.update({"prompts.anchor_harmless.n": 400, "prompts.anchor_harmful.n": 400})
+    clash = sorted(set(shortcuts) & set(overrides))
+    if clash:  # --paper-size / --model and a --set of the same key: which one was meant?
+        raise SriError(f"--set {clash[0]} and {'--model' if clash[0] == 'model' else '--paper-size'} both set "
+                       f"{clash[0]}; give one of them")
+    _run_and_print(preset("demo"), out_dir, {**overrides, **shortcuts})
 
 
 @app.command("eval")

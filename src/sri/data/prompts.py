@@ -53,6 +53,10 @@ def load_prompts(
     slices of one shuffled set (e.g. anchor prompts vs evaluation prompts) never overlap. A ``label`` given must
     be visible text (:class:`SriError` otherwise).
     """
+    if max_prompts is not None and max_prompts < 1:
+        raise SriError(f"max_prompts must be ≥ 1 (got {max_prompts}); leave it out for every prompt")
+    if offset < 0:
+        raise SriError(f"offset must be ≥ 0 (got {offset})")
     if label is not None and is_blank(label):
         raise SriError("the label is empty; give a label such as harmless or harmful, or leave it out to keep each "
                        "row's own")

@@ -299,13 +299,15 @@ class GuardedGeneration:
     guard's pooling an AR one.
     """
 
-    def __init__(self, guard: Guard, model: torch.nn.Module, *, stop: bool = True,
+    def __init__(self, guard: Guard, model: torch.nn.Module | ModelAdapter, *, stop: bool = True,
                  eos_token_id: int | list[int] | None = None, check_fingerprint: bool = True) -> None:
         self.guard = guard
         self.pooling = _check_pooling(guard)
         if guard.key.get("sampler") != "ar":
             raise IncompatibleError(f"the guard was fitted on {guard.key.get('sampler')!r} traces; `generate` is "
                                     "autoregressive — fit a guard on AR traces")
+        if isinstance(model, ModelAdapter):  # what sri.models.load_model returns: guard the model inside it
+            model = model.model
         family = detect_family(model)
         if family is None:
             raise SriError(f"{type(model).__name__} has no known layer layout; add a Family in sri/models/causal.py")

@@ -201,6 +201,8 @@ def plan_trace(
     """Render, check lengths, create (or reopen) the store and batch the prompts not yet done. Needs the
     adapter's tokenizer, config and identity only, not its weights."""
     sampler = sampler or ARConfig()
+    if not records:
+        raise SriError("there are no prompts to trace; give at least one")
     if sampler.kind == "diffusion" and adapter.family.kind == "masked-diffusion":
         sampler = resolve_sampler(sampler, adapter)
     if batch_size <= 0:
