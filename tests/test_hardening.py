@@ -180,7 +180,7 @@ NUMERIC = [
     (["signal"], "--layer", "-2", "≥ -1"),
     (["attack"], "--max-prompts", "0", "≥ 1"), (["attack"], "--shuffle-seed", "-1", "[0, 4294967295]"),
     (["attack"], "--seed", "-1", "[0, 4294967295]"),
-    (["judge-llm"], "--threshold", "1.5", "in [0, 1]"), (["judge-llm"], "--max-chars", "0", "≥ 1"),
+    (["judge-llm"], "--threshold", "1.5", "in [0, 1)"), (["judge-llm"], "--max-chars", "0", "≥ 1"),
     (["judge-llm"], "--batch-size", "0", "≥ 1"),
     (["judge-calibrate"], "--max-rows", "0", "≥ 1"), (["judge-calibrate"], "--seed", "-1", "[0, 4294967295]"),
     (["analyze"], "--lambda-c", "2", "in (0, 1)"), (["analyze"], "--lambda-r", "-0.1", "in (0, 1)"),
