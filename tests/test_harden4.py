@@ -607,3 +607,71 @@ def test_tracing_no_prompts_writes_nothing(tiny_llama, tmp_path) -> None:
         trace_prompts(tiny_llama, [], tmp_path / "o", sampler=ARConfig(steps=2), progress=False)
     assert not (tmp_path / "o").exists()
 
+
+
+# ------------------------------------------------------------------ the eighth round (50 inputs, 10 broke)
+def test_judge_calibrate_keyword_only_takes_no_model(capsys) -> None:
+    res = run_cli(["judge-calibrate", "--keyword-only", "-m", "qwen2.5-coder-0.5b-instruct"], capsys)
+    assert_one_line_error(res, "--keyword-only calibrates no LLM judge")
+
+
+def test_a_masked_diffusion_checkpoint_is_refused_by_the_ar_loader(tiny_llama_dir, tmp_path) -> None:
+    import shutil
+
+    from sri.models import load_model
+
+    folder = shutil.copytree(tiny_llama_dir, tmp_path / "dlm")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sri_family": "dream", "is_causal": False}))
+    with pytest.raises(SriError, match="is a masked-diffusion model .* --sampler diffusion"):
+        load_model(str(folder), device="cpu", dtype="fp32")
+
+
+@pytest.mark.parametrize("kwargs, match", [({"lambda_c": float("nan")}, "lambda_c must be a number strictly"),
+                                           ({"lambda_r": [2.0]}, "lambda_r must be a number strictly"),
+                                           ({"lambda_r": [0.1, 0.1000001]}, "lambda_r must list distinct"),
+                                           ({"lambda_r": []}, "lambda_r must list distinct"),
+                                           ({"resamples": -5}, "resamples must be a whole number")])
+def test_analysis_settings_are_checked_in_the_python_api_too(tmp_path, kwargs, match) -> None:
+    from sri.stats.recovery import analyze_run
+
+    _write_jsonl(tmp_path / "signals.jsonl", [_signal_row(i) for i in range(6)])
+    with pytest.raises(SriError, match=match):
+        analyze_run(tmp_path, **kwargs)
+    assert not (tmp_path / "analysis.json").exists()
+
+
+def test_a_run_config_changed_in_python_is_validated_again(tmp_path) -> None:
+    from sri.pipeline import parse_config, run
+
+    cfg = parse_config(yaml.safe_load(CONFIG))
+    bad = cfg.model_copy(update={"batch_size": 0})  # model_copy does not validate
+    with pytest.raises(SriError, match="batch_size: Input should be greater than or equal to 1"):
+        run(bad, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_captions_use_the_analysis_thresholds(tmp_path, capsys) -> None:
+    rows = [_signal_row(i, label="harmless" if i % 2 else "harmful", refused=bool(i % 3)) for i in range(12)]
+    _write_jsonl(tmp_path / "signals.jsonl", rows)
+    assert run_cli(["analyze", str(tmp_path), "--lambda-c", "0.9", "--lambda-r", "0.2", "--lambda-r", "0.05",
+                    "--bootstrap", "5"], capsys).code == 0
+    assert run_cli(["report", str(tmp_path)], capsys).code == 0
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "at λ_c = 0.9 and λ_r ∈ {0.2, 0.05}" in html and "λ_c = 0.5 and" not in html
+
+
+@pytest.mark.parametrize("where, match", [({"functional_category": "standard"}, "has the field 'functional_category'"),
+                                          ({"category": "no-such-category"}, "has category = 'no-such-category'")])
+def test_a_where_filter_that_matches_nothing_names_the_field_or_value(tmp_path, capsys, where, match) -> None:
+    cfg = _config(tmp_path, **{"prompts.harmful.where": where})
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), match)
+
+
+def test_dlm_build_with_no_pair_that_fits_leaves_nothing(smollm, tmp_path, capsys) -> None:
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"Say {i}", "response": "a long answer " * 6}
+                                                    for i in range(3)])
+    res = run_cli(["dlm", "build", "--pairs", str(pairs), "--out", str(tmp_path / "m"), "--steps", "1", "--no-gate",
+                   "--gen-length", "4", "--batch-size", "1"], capsys)
+    assert res.code == 2 and "none of the 3 training pairs fits --gen-length 4" in res.err.splitlines()[-1], res.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]  # no .m.build (converted model) left

@@ -183,6 +183,8 @@ def judge_calibrate(
     from ..judges.keyword import is_refusal
     from ..judges.llm import LLMJudge, calibrate, default_judge_model
 
+    if keyword_only and model:
+        raise SriError("--keyword-only calibrates no LLM judge, so --model would be ignored; give one of them")
     if out_file is not None:
         check_user_file(out_file, suffix=".json")
         check_not_input(out_file, "--out", **{"--labels": None if labels in DATASETS else labels})

@@ -154,7 +154,9 @@ def trace(
         "--logit-shift/--no-logit-shift", help="diffusion: logits at i−1 predict token i (default: family's).")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
         help="Run modelling code shipped with the checkpoint (LLaDA, Dream). Only for code you trust.")] = False,
-    system_prompt: Annotated[str, typer.Option(help="System prompt ('' for none).")] = "You are a helpful assistant",
+    system_prompt: Annotated[str, typer.Option(
+        help="System prompt ('': none of ours; a chat template may add its own default).")] = \
+        "You are a helpful assistant",
     max_prompt_tokens: Annotated[int, typer.Option(callback=POSITIVE, help="Reject longer prompts.")] = 4096,
     guard: Annotated[Path | None, typer.Option(help="Guard folder (`sri guard fit`): flag and stop sequences "
                                                      "while generating; verdicts go into the rows.")] = None,

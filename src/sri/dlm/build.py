@@ -128,10 +128,11 @@ def build_dlm(config: BuildConfig, out: Path, *, minutes: float | None = None, g
     work = work_folder(out)
     recipe_file = work / "recipe.json"
     if recipe_file.is_file() and read_json(recipe_file) != _jsonable(config.recipe()):
-        if (work / "init").exists() or (work / "checkpoint").exists():
+        if (work / "checkpoint").exists():
             raise SriError(f"{work} holds an unfinished build with another recipe; use the same settings to resume "
                            "it or delete that folder to start over")
-        log(f"{work} holds only the recipe of an attempt that converted and trained nothing; replacing it")
+        log(f"{work} holds an attempt with another recipe that trained nothing; starting over")
+        shutil.rmtree(work)
     new_work = not work.exists()
     write_json(recipe_file, config.recipe())
 
@@ -146,14 +147,16 @@ def build_dlm(config: BuildConfig, out: Path, *, minutes: float | None = None, g
             conversion = _convert(config, init, log)
         else:
             conversion = read_json(work / "conversion.json")
+        write_json(work / "conversion.json", conversion)
+        adapter = load_diffusion_model(str(init), device=device, dtype="fp32", system_prompt=config.system_prompt)
+        examples, too_long = encode_pairs(adapter, data.pairs, config.train.gen_length)
+        if not examples:
+            raise SriError(f"none of the {len(data.pairs)} training pairs fits --gen-length "
+                           f"{config.train.gen_length} (answer + end token); raise --gen-length")
     except BaseException:
-        if new_work and not init.exists():  # nothing converted: leave no work folder behind
+        if new_work and not (work / "checkpoint").exists():  # nothing trained: leave no work folder behind
             shutil.rmtree(work, ignore_errors=True)
         raise
-    write_json(work / "conversion.json", conversion)
-
-    adapter = load_diffusion_model(str(init), device=device, dtype="fp32", system_prompt=config.system_prompt)
-    examples, too_long = encode_pairs(adapter, data.pairs, config.train.gen_length)
     log(f"training on {len(examples)} pairs ({len(too_long)} longer than {config.train.gen_length} slots left out)")
     t1 = time.perf_counter()
     state = train(adapter, examples, config.train, work / "checkpoint", minutes=minutes, progress=progress, log=log,

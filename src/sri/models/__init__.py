@@ -164,6 +164,9 @@ def load_model(
         if not is_local and (refusal := _safetensors_only(spec, e)) is not None:
             raise refusal from None
         raise _load_error(spec, is_local, e) from None
+    if getattr(model.config, "sri_family", None) or getattr(model.config, "is_causal", True) is False:
+        raise SriError(f"'{spec}' is a masked-diffusion model (its config.json sets sri_family / is_causal: false); "
+                       "trace it with --sampler diffusion or --sampler diffusion-ar")
     model.to(dev).eval()
     family = detect_family(model, CAUSAL_FAMILIES)
     if family is None:

@@ -12,6 +12,7 @@ built once in the top folder, every sampler gets a complete run in ``samplers/<n
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SriError
 from ..io import check_output_dir, folder_lock, safe_child
-from .config import RunConfig, config_text, load_config
+from .config import RunConfig, config_text, load_config, parse_config
 
 if TYPE_CHECKING:  # the stages import torch and the models: only after the config has been read
     from ..data.prompts import PromptRecord
@@ -35,8 +36,9 @@ def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progre
     config, missing prompt sets or models, or a folder of another configuration — before writing anything."""
     if out is not None:
         check_output_dir(Path(out))
-    if isinstance(config, RunConfig):
-        cfg, text = config, config_text(config)
+    if isinstance(config, RunConfig):  # built or changed in Python (model_copy skips validation): check it again
+        cfg = parse_config(json.loads(config.model_dump_json()))
+        text = config_text(cfg)
     else:
         cfg, text = load_config(config, overrides)
     if cfg.execution.threads:

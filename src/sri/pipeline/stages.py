@@ -81,6 +81,15 @@ def select_prompts(ps: PromptSet, label: str, seed: int, exclude: set[str], wher
         records = load_prompts(ps.dataset, label=label, shuffle_seed=seed)
     except SriError as e:
         raise SriError(f"config: {where}.dataset: {e}") from None
+    for k, v in ps.where.items():  # a filter that matches nothing at all: say which field or value is wrong
+        values = sorted({str(r.meta[k]) for r in records if k in r.meta})
+        if not values:
+            fields = sorted({f for r in records for f in r.meta})
+            raise SriError(f"config: {where}.where: no prompt of {ps.dataset} has the field {k!r}; its fields are "
+                           f"{', '.join(fields[:12]) or 'none'}")
+        if str(v) not in values:
+            raise SriError(f"config: {where}.where: no prompt of {ps.dataset} has {k} = {v!r}; its values are "
+                           f"{', '.join(values[:12])}{' …' if len(values) > 12 else ''}")
     records = [r for r in records if all(str(r.meta.get(k)) == str(v) for k, v in ps.where.items())
                and normalise(r.prompt) not in exclude]
     if len(records) < ps.n:

@@ -87,14 +87,16 @@ def make_figures(run_dir: Path, analysis: dict[str, Any], rows: list[dict[str, A
     fig_dir = run_dir / "figures"
     flags = {f["id"]: f for f in analysis["flags"]}
     order = [g["group"] for g in analysis["groups"] if g["group"] != "all attacks"]
+    settings = analysis.get("settings") or {}
+    lc, lr = settings.get("lambda_c", 0.5), settings.get("lambda_r", [0.5, 0.3, 0.1])  # what analyze_run used
     made = {
         "rates": (figures.attack_rates(analysis, fig_dir / "rates.png"),
                   "Refusal rate (keyword judge) and attack success rate (LLM judge) per group, "
                   f"{ci_label(analysis.get('settings'))}."),
         "trajectories": (figures.group_trajectories(rows, fig_dir / "trajectories.png", groups=order),
                          "SRI σ_t per group: each prompt (red = final text refused), mean and 10–90% band."),
-        "irr": (figures.irr_bars(analysis, fig_dir / "irr.png"),
-                "Internal recovery rate per group at λ_c = 0.5 and λ_r ∈ {0.5, 0.3, 0.1}, "
+        "irr": (figures.irr_bars(analysis, fig_dir / "irr.png", title=f"Internal recovery rate (λ_c = {lc:g})"),
+                f"Internal recovery rate per group at λ_c = {lc:g} and λ_r ∈ {{{', '.join(f'{v:g}' for v in lr)}}}, "
                 f"{ci_label(analysis.get('settings'))}."),
         "panels": (figures.prompt_panels(pick_examples(rows, flags, panels), fig_dir / "prompts.png", flags=flags),
                    "Single generations: SRI (blue) and the text-level refusal signal (orange, 1 = not refusing "

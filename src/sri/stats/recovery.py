@@ -175,6 +175,22 @@ def lda_projection(signals: Sequence[Sequence[float]] | np.ndarray, labels: Sequ
 
 
 # --------------------------------------------------------------------------------------------- one run
+def check_settings(lambda_c: float, lambda_r: Sequence[float], lambda_dip: float, resamples: int) -> None:
+    """The analysis settings the CLI and the run config allow (one-line :class:`SriError` otherwise): every λ
+    strictly inside (0, 1), λ_r non-empty and distinct as written in the results (``f"{λ:g}"``), resamples in
+    [0, MAX_RESAMPLES]."""
+    from .bootstrap import MAX_RESAMPLES
+
+    for name, value in (("lambda_c", lambda_c), ("lambda_dip", lambda_dip), *(("lambda_r", v) for v in lambda_r)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+            raise SriError(f"{name} must be a number strictly between 0 and 1 (got {value!r})")
+    labels = [f"{v:g}" for v in lambda_r]
+    if not labels or len(set(labels)) != len(labels):
+        raise SriError(f"lambda_r must list distinct thresholds (got {', '.join(labels) or 'none'}); give each once")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or not 0 <= resamples <= MAX_RESAMPLES:
+        raise SriError(f"resamples must be a whole number in [0, {MAX_RESAMPLES}] (got {resamples!r})")
+
+
 def analyze_signals(rows: Sequence[dict[str, Any]], *, lambda_c: float = LAMBDA_C,
                     lambda_r: Sequence[float] = LAMBDA_R, lambda_dip: float = 0.5, resamples: int = 1000,
                     seed: int = 0) -> dict[str, Any]:
@@ -185,6 +201,7 @@ def analyze_signals(rows: Sequence[dict[str, Any]], *, lambda_c: float = LAMBDA_
     """
     if not rows:
         raise SriError("no signals to analyse; compute them with `sri signal` or `sri run`")
+    check_settings(lambda_c, lambda_r, lambda_dip, resamples)
     kw = {"resamples": resamples, "seed": seed}
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
