@@ -101,10 +101,11 @@ def test_overrides_and_load_errors(model_dirs, tmp_path) -> None:
     assert "\n" not in str(e.value)
 
 
-def test_diffusion_sampler_refuses_an_ar_adapter(model_dirs, tmp_path) -> None:
-    ar = load_model(str(model_dirs["llada"]), device="cpu")
-    with pytest.raises(SriError, match="needs a masked diffusion model"):
-        trace_prompts(ar, [PromptRecord(id="a", prompt="hi")], tmp_path / "t", sampler=DiffusionConfig(),
+def test_diffusion_sampler_refuses_an_ar_adapter(model_dirs, tiny_llama, tmp_path) -> None:
+    with pytest.raises(SriError, match="is a masked-diffusion model"):  # the AR loader refuses LLaDA weights …
+        load_model(str(model_dirs["llada"]), device="cpu")
+    with pytest.raises(SriError, match="needs a masked diffusion model"):  # … and the sampler an AR adapter
+        trace_prompts(tiny_llama, [PromptRecord(id="a", prompt="hi")], tmp_path / "t", sampler=DiffusionConfig(),
                       progress=False)
 
 
