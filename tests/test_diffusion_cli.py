@@ -125,7 +125,11 @@ def test_remote_code_only_with_the_flag(workspace) -> None:
 @pytest.mark.parametrize(("extra", "message"), [
     (["--gen-length", "64"], "--gen-length only applies to --sampler diffusion"),
     (["--sampler", "diffusion", "--top-k", "5"], "--top-k only applies to the dream-native schedule"),
-    (["--sampler", "diffusion-ar", "--top-p", "0.5"], "--top-p only apply to --sampler ar or the dream-native"),
+    (["--sampler", "diffusion-ar", "--top-p", "0.5"],
+     "--top-p only applies to --sampler ar or --sampler diffusion --schedule dream-native"),
+    (["--sampler", "diffusion-ar", "--eps", "0.01"],
+     "--eps only applies to --sampler diffusion --schedule dream-native"),
+    (["--eps", "0.01"], "--eps only applies to --sampler diffusion with --schedule dream-native"),
     (["--sampler", "diffusion", "--schedule", "dream-native", "--block-length", "64"], "one block"),
     (["--sampler", "diffusion", "--schedule", "dream-native", "--remasking", "random"], "no dream-native"),
     (["--sampler", "diffusion", "--schedule", "mdlm"], "schedule 'mdlm' is unknown"),

@@ -675,3 +675,45 @@ def test_dlm_build_with_no_pair_that_fits_leaves_nothing(smollm, tmp_path, capsy
                    "--gen-length", "4", "--batch-size", "1"], capsys)
     assert res.code == 2 and "none of the 3 training pairs fits --gen-length 4" in res.err.splitlines()[-1], res.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]  # no .m.build (converted model) left
+
+
+# ------------------------------------------------------------------ the ninth round (50 inputs, 9 broke)
+@pytest.mark.parametrize("form", ["--out={}/", "--out {}/"])
+def test_an_output_file_path_ending_in_a_slash_is_a_folder(tmp_path, capsys, form) -> None:
+    rows = _write_jsonl(tmp_path / "r.jsonl", [{"response": "I can't help"}])
+    target = tmp_path / "judged"
+    res = run_cli(["judge", "--input", str(rows), *form.format(target).split(" ")], capsys)
+    assert_one_line_error(res, "is a folder, but a file is expected")
+    assert not target.exists()
+
+
+def test_attack_list_keeps_every_cell_in_a_file(capsys) -> None:
+    res = run_cli(["attack", "--list"], capsys)
+    assert res.code == 0 and "target_text" in res.out and "random_search" in res.out, res.out
+
+
+def test_a_reused_anchors_file_is_one_file_however_named_and_must_not_change(tiny_llama, tmp_path,
+                                                                            monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from sri.pipeline import parse_config
+    from sri.pipeline.stages import anchors as anchors_stage
+    from sri.sampling import ARConfig
+    from sri.signal import Anchors
+    from sri.tracing.tracer import trace_key
+
+    monkeypatch.chdir(tmp_path)
+    relative = parse_config({**yaml.safe_load(CONFIG), "prompts": {**yaml.safe_load(CONFIG)["prompts"],
+                                                                    "anchors_file": "a.safetensors"}})
+    assert relative.prompts.anchors_file == str(tmp_path / "a.safetensors")
+    key = trace_key(tiny_llama, ARConfig(steps=3), [2], "producing")
+    d = tiny_llama.hidden_size
+    Anchors(harmless={2: torch.zeros(3, d)}, harmful={2: torch.ones(3, d)}, key=key).save(tmp_path / "a.safetensors")
+    run = SimpleNamespace(cfg=relative, prov={}, dir=tmp_path / "run")
+    anchors_stage(run, {})
+    assert len(run.prov["anchors"]["sha256"]) == 64
+    Anchors(harmless={2: torch.ones(3, d)}, harmful={2: torch.zeros(3, d)}, key=key).save(tmp_path / "a.safetensors")
+    with pytest.raises(SriError, match="is not the file this run started with"):
+        anchors_stage(run, {})

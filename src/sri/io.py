@@ -8,6 +8,7 @@ import json
 import os
 import re
 import stat
+import sys
 import tempfile
 import threading
 import unicodedata
@@ -98,8 +99,11 @@ def _nearest_existing(path: Path) -> Path:
 def check_output_file(path: str | os.PathLike[str], option: str = "--out", suffix: str = "") -> Path:
     """Refuse (one line, naming the path and the fix) an output *file* path that cannot be written: a folder
     already there, a file where a parent folder should be, or a folder without write permission. Writes nothing."""
+    given = str(path)
     path = Path(path)
-    if path.is_dir():
+    # a trailing "/" means a folder; Path (and the CLI's Path options) drop it, so look at what was typed too
+    typed = {given, *(a.split("=", 1)[-1] for a in sys.argv[1:])}
+    if given.endswith(("/", os.sep)) or f"{path}/" in typed or path.is_dir():
         raise SriError(f"{option} {path} is a folder, but a file is expected here; give a file path such as "
                        f"{path / ('out' + suffix)}")
     blocker = _blocking_file(path)

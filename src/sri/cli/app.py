@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -17,8 +18,14 @@ HELP = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Step-wise refusal dynamics: trace generation, compute the SRI signal, analyse, guard.", **HELP)
-out = Console(soft_wrap=True)  # long paths and lines are not folded when the output goes to a file
-err = Console(stderr=True, soft_wrap=True)
+def _width(stream: Any) -> int | None:
+    """A terminal's own width; 200 columns for a file or pipe, where rich would assume 80 and cut table cells
+    (``sri attack --list > attacks.txt`` keeps every name and option)."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 200
+
+
+out = Console(soft_wrap=True, width=_width(sys.stdout))  # long paths and lines are not folded in a file
+err = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr))
 _DEBUG = {"on": False}
 
 

@@ -195,6 +195,11 @@ def trace(
                       "--logit-shift": logit_shift, "--schedule": schedule, "--eps": eps, "--alg-temp": alg_temp}
     if sampler == "ar":
         given = [name for name, value in diffusion_opts.items() if value is not None]
+        dream = [name for name in given if name in ("--eps", "--alg-temp")]
+        if dream:  # Dream's own sampler options: the one combination that takes them
+            verb = "applies" if len(dream) == 1 else "apply"
+            raise SriError(f"{', '.join(dream)} only {verb} to --sampler diffusion with --schedule dream-native "
+                           "(a Dream-style model)")
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise SriError(f"{', '.join(given)} only {verb} to --sampler diffusion or diffusion-ar")
@@ -203,12 +208,13 @@ def trace(
         model_options: dict = {"trust_remote_code": trust_remote_code}
     elif sampler in ("diffusion", "diffusion-ar"):
         if sampler == "diffusion-ar":
-            dream_only = [name for name, on in (("--top-k", top_k != 0), ("--top-p", top_p != 1.0),
-                                                ("--eps", eps is not None), ("--alg-temp", alg_temp is not None))
-                          if on]
-            if dream_only:
-                raise SriError(f"{', '.join(dream_only)} only apply to --sampler ar or the dream-native "
-                               "diffusion schedule, not to --sampler diffusion-ar")
+            filters = [name for name, on in (("--top-k", top_k != 0), ("--top-p", top_p != 1.0)) if on]
+            dream = [name for name, on in (("--eps", eps is not None), ("--alg-temp", alg_temp is not None)) if on]
+            if filters or dream:
+                where = ("--sampler ar or --sampler diffusion --schedule dream-native" if filters else
+                         "--sampler diffusion --schedule dream-native")
+                verb = "applies" if len(filters + dream) == 1 else "apply"
+                raise SriError(f"{', '.join(filters + dream)} only {verb} to {where}, not to --sampler diffusion-ar")
             if remasking is not None or block_length is not None or schedule not in (None, "llada"):
                 raise SriError("--sampler diffusion-ar always commits the leftmost masked slot, one per step "
                                "(llada schedule); drop --remasking/--block-length/--schedule")

@@ -143,6 +143,11 @@ class Prompts(Section):
     overrefusal: PromptSet | None = None
     long_benign: LongBenign | None = None
 
+    @field_validator("anchors_file")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:  # one file, however it was named: a resume compares paths
+        return None if v is None else str(Path(v).expanduser().absolute())
+
     @model_validator(mode="after")
     def _anchors_given(self) -> Prompts:
         if self.anchors_file is None and (self.anchor_harmless is None or self.anchor_harmful is None):

@@ -20,6 +20,7 @@ import json
 import random
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -257,8 +258,17 @@ def request_of(row: dict[str, Any]) -> str:
 def anchors(run: Run, stores: dict[str, TraceStore]) -> Anchors:
     """Fit (or reuse) the per-step anchors."""
     path = run.dir / "anchors.safetensors"
+    digest = None
     if run.cfg.prompts.anchors_file:
+        import hashlib
+
         fitted = Anchors.load(run.cfg.prompts.anchors_file)
+        digest = hashlib.sha256(Path(run.cfg.prompts.anchors_file).read_bytes()).hexdigest()
+        before = (run.prov.get("anchors") or {}).get("sha256")
+        if before is not None and before != digest:  # the same path, other anchors: the run's σ would change
+            raise SriError(f"prompts.anchors_file {run.cfg.prompts.anchors_file} is not the file this run started "
+                           f"with (sha256 {before[:12]}… then, {digest[:12]}… now); restore it to resume {run.dir}, "
+                           "or use another --out folder")
     elif path.is_file():
         try:
             fitted = Anchors.load(path)
@@ -269,7 +279,7 @@ def anchors(run: Run, stores: dict[str, TraceStore]) -> Anchors:
         fitted = fit_anchors(stores["anchor-harmless"], stores["anchor-harmful"])
         fitted.save(path)
     run.prov["anchors"] = {"file": str(run.cfg.prompts.anchors_file or path), "counts": fitted.info.get("counts"),
-                           "key": fitted.key}
+                           "key": fitted.key, **({"sha256": digest} if digest else {})}
     return fitted
 
 
