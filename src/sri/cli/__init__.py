@@ -142,23 +142,14 @@ def main() -> None:
     except BrokenPipeError:  # `sri … | head`: the reader left
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (nothing more can be shown)
         sys.exit(1)
-    except OSError as e:
-        message = _environment_error(e)
+    except Exception as e:  # the boundary: anything else is a bug, except the machine's state (disk full, …)
+        message = _environment_error(e) if isinstance(e, OSError) else _wrapped_os_error(e)
         if message is None:
             _internal_error(e)
             sys.exit(1)
         if debug_enabled():
             traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
         _one_line("[red]error:[/]", message)
-        sys.exit(2)
-    except Exception as e:  # the boundary: anything else is a bug …
-        message = _wrapped_os_error(e)
-        if message is None:
-            _internal_error(e)
-            sys.exit(1)
-        if debug_enabled():
-            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-        _one_line("[red]error:[/]", message)  # … except an OS error a library reported as its own (safetensors)
         sys.exit(2)
     if code == 130:  # typer turns Ctrl-C inside a command into Exit(130)
         _interrupted()
