@@ -61,8 +61,14 @@ def build_tiny_causal_lm(folder: str | Path, arch: str = "llama", *, layers: int
                   tie_word_embeddings=False)
     classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
     config_cls, model_cls = classes[arch]
+    return _save_random(model_cls, config_cls(**common), tok, folder, seed)
+
+
+def _save_random(model_cls, config, tok, folder: str | Path, seed: int) -> Path:
+    """A model of ``model_cls`` with seeded random weights, EOS/pad set in its generation config, saved with
+    ``tok`` into ``folder``."""
     torch.manual_seed(seed)
-    model = model_cls(config_cls(**common))
+    model = model_cls(config)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     folder = Path(folder)
@@ -92,14 +98,7 @@ def build_tiny_masked_lm(folder: str | Path, family: str = "llada", *, layers: i
                         max_position_embeddings=2048, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                         bos_token_id=None, tie_word_embeddings=False, initializer_range=init_std, is_causal=False,
                         sri_family=family, **extra)
-    torch.manual_seed(seed)
-    model = model_cls(config)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return _save_random(model_cls, config, tok, folder, seed)
 
 
 REMOTE_CODE_FILES = ("configuration_tiny_llada.py", "modeling_tiny_llada.py")
