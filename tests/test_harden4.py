@@ -717,3 +717,109 @@ def test_a_reused_anchors_file_is_one_file_however_named_and_must_not_change(tin
     Anchors(harmless={2: torch.ones(3, d)}, harmful={2: torch.zeros(3, d)}, key=key).save(tmp_path / "a.safetensors")
     with pytest.raises(SriError, match="is not the file this run started with"):
         anchors_stage(run, {})
+
+
+# ------------------------------------------------------------------- round 10 (50 inputs, 4 kinds broke)
+def test_signals_carry_their_anchors_and_a_guard_refuses_other_anchors(tiny_llama, tmp_path, capsys) -> None:
+    import torch
+
+    from sri.data.prompts import PromptRecord
+    from sri.guard import Guard, fit_guard
+    from sri.sampling import ARConfig
+    from sri.signal import Anchors, compute_signals
+    from sri.tracing.tracer import trace_prompts
+
+    records = [PromptRecord(f"p{i}", f"say something about thing {i}" + " now" * i, "harmless", "t")
+               for i in range(12)]
+    store = trace_prompts(tiny_llama, records, tmp_path / "t", sampler=ARConfig(steps=3), progress=False)
+    key = {**store.key, "layers": store.layers}
+    gen = torch.Generator().manual_seed(0)
+    d, layer = tiny_llama.hidden_size, store.layers[0]
+
+    def anchors() -> Anchors:  # float64 in memory: the digest must not depend on the in-memory dtype
+        return Anchors(harmless={layer: torch.randn(3, d, generator=gen, dtype=torch.float64)},
+                       harmful={layer: torch.randn(3, d, generator=gen, dtype=torch.float64)}, key=key)
+
+    a, b = anchors(), anchors()
+    assert Anchors.load(a.save(tmp_path / "a.safetensors")).digest == a.digest != b.digest
+    b.save(tmp_path / "b.safetensors")
+    rows_a, rows_b = compute_signals(a, store), compute_signals(b, store)
+    assert rows_a[0]["key"]["anchors"] == a.digest and rows_b[0]["key"]["anchors"] == b.digest
+    with pytest.raises(SriError, match="the signals were computed with other anchors"):
+        fit_guard(rows_a[:8], rows_a[8:], detector="knn", anchors=b)
+    guard = fit_guard(rows_a[:8], rows_a[8:], detector="knn", anchors=a)
+    with pytest.raises(SriError, match=r"differ in anchors .*compute both signals with the same anchor file"):
+        guard.check_key(rows_b[0]["key"])
+    with pytest.raises(SriError, match="mix signals with different keys"):  # one file, two anchors
+        fit_guard(rows_a[:4] + rows_b[4:8], rows_a[8:], detector="knn")
+    # through the CLI: fit with the wrong anchor file, then score signals of other anchors
+    fit = _write_jsonl(tmp_path / "fit.jsonl", rows_a[:8])
+    cal = _write_jsonl(tmp_path / "cal.jsonl", rows_a[8:])
+    other = _write_jsonl(tmp_path / "other.jsonl", rows_b)
+    args = ["guard", "fit", "--benign", str(fit), "--calibrate", str(cal), "--detector", "knn", "--out"]
+    assert_one_line_error(run_cli([*args, str(tmp_path / "g"), "--anchors", str(tmp_path / "b.safetensors")], capsys),
+                          "computed with other anchors")
+    assert not (tmp_path / "g").exists()
+    assert run_cli([*args, str(tmp_path / "g"), "--anchors", str(tmp_path / "a.safetensors")], capsys).code == 0
+    assert Guard.load(tmp_path / "g").key["anchors"] == a.digest
+    assert_one_line_error(run_cli(["guard", "score", "--guard", str(tmp_path / "g"), "--signals", str(other)],
+                                  capsys), "differ in anchors")
+
+
+def test_a_link_does_not_lead_an_output_into_a_managed_folder(tmp_path, capsys) -> None:
+    from sri.io import check_user_dir, check_user_file
+
+    trace = tmp_path / "trace"
+    (trace / "shards").mkdir(parents=True)
+    (trace / "run.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "link").symlink_to(trace / "shards")
+    for check in (check_user_dir, check_user_file):
+        with pytest.raises(SriError, match="is inside the trace folder"):
+            check(tmp_path / "link" / "sub")
+    texts = _write_jsonl(tmp_path / "in.jsonl", [{"response": "I cannot help."}])
+    assert_one_line_error(run_cli(["judge", "--input", str(texts), "--out", str(tmp_path / "link" / "j.jsonl")],
+                                  capsys), "is inside the trace folder")
+    assert sorted(p.name for p in (trace / "shards").iterdir()) == []
+
+
+def test_analyze_on_a_folder_without_signals_gives_a_fix_that_works(tmp_path, capsys) -> None:
+    trace = tmp_path / "trace"
+    (trace / "shards").mkdir(parents=True)
+    (trace / "run.json").write_text("{}", encoding="utf-8")
+    for command in ("analyze", "report"):
+        res = run_cli([command, str(trace)], capsys)
+        assert_one_line_error(res, "compute signals into a folder of your own")
+        assert f"--out {trace / 'signals.jsonl'}" not in res.err  # sri would refuse that path
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "provenance.json"):
+        (run / name).write_text("{}", encoding="utf-8")
+    assert_one_line_error(run_cli(["analyze", str(run)], capsys), "finish the run first")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert_one_line_error(run_cli(["analyze", str(plain)], capsys), f"sri signal --out {plain / 'signals.jsonl'}")
+
+
+def test_dlm_gate_names_a_model_that_is_not_diffusion_before_asking_for_its_base(smollm, capsys) -> None:
+    # an AR model without sri_dlm.json: the fix is another model, not --base
+    assert_one_line_error(run_cli(["dlm", "gate", "smollm2-135m-instruct", "--steps", "3", "--n-prompts", "1"],
+                                  capsys), "is not a masked-diffusion model")
+
+
+def test_judge_calibrate_names_the_labels_that_lack_human_labels(capsys) -> None:
+    assert_one_line_error(run_cli(["judge-calibrate", "--keyword-only", "--labels", "harmless"], capsys),
+                          "--labels harmless: row 1 needs a 'response' text and a boolean human 'refused' label")
+
+
+@pytest.mark.parametrize("argv, says", [(["trace", "--out", "x"], "completed work is kept"),
+                                        (["--debug", "dlm", "build"], "completed work is kept"),
+                                        (["attack", "-a", "pair"], "this command does not resume")])
+def test_an_interruption_says_whether_the_command_resumes(monkeypatch, capsys, argv, says) -> None:
+    import sys
+
+    from sri.cli import _interrupted
+
+    monkeypatch.setattr(sys, "argv", ["sri", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        _interrupted()
+    assert stopped.value.code == 130 and says in capsys.readouterr().err

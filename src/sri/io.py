@@ -118,11 +118,14 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out", suffi
 def run_folder_above(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
     """The nearest folder strictly above ``path`` that sri manages — a trace folder (``run.json`` + ``shards/``), a
     pipeline run folder (``config.yaml`` + ``provenance.json``), a guard folder (``guard.json`` +
-    ``guard.safetensors``) or the asset cache ``$SRI_HOME`` — and its kind, or None."""
+    ``guard.safetensors``) or the asset cache ``$SRI_HOME`` — and its kind, or None. Symbolic links in ``path`` are
+    followed too."""
     from .data.assets import sri_home
 
     home = os.path.realpath(sri_home())
-    for parent in Path(os.path.abspath(path)).parents:
+    # the path as written and with its links resolved: a link must not lead into a managed folder unnoticed
+    parents = dict.fromkeys([*Path(os.path.abspath(path)).parents, *Path(os.path.realpath(path)).parents])
+    for parent in parents:
         if (parent / "run.json").is_file() and (parent / "shards").is_dir():
             return parent, "trace folder"
         if (parent / "config.yaml").is_file() and (parent / "provenance.json").is_file():

@@ -12,6 +12,7 @@ For each step t and layer, with φ_t the step representation and μ_t^k the anch
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -77,6 +78,18 @@ class Anchors:
     @property
     def layers(self) -> list[int]:
         return sorted(self.harmless)
+
+    @property
+    def digest(self) -> str:
+        """Identity of the anchors: the first 16 hex digits of sha256 over τ, ε and every anchor tensor (float32,
+        sorted by side and layer). Signals record it in their key (``key.anchors``), so a guard refuses signals
+        computed with other anchors; it is the same for fitted anchors and for their saved file."""
+        h = hashlib.sha256(json.dumps({"tau": float(self.tau), "eps": float(self.eps)}).encode())
+        for side, tensors in (("harmless", self.harmless), ("harmful", self.harmful)):
+            for layer in sorted(tensors):
+                h.update(f"{side}.layer.{layer}".encode())
+                h.update(tensors[layer].detach().float().contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def default_layer(self) -> int:
         """The final-norm layer if present (the paper's φ), else the last one."""
@@ -189,7 +202,8 @@ def fit_anchors(harmless: TraceStore, harmful: TraceStore, *, judge: Callable[[s
 
 
 def compute_signals(anchors: Anchors, store: TraceStore, layer: int | None = None) -> list[dict[str, Any]]:
-    """One row per trace: id, label, prompt, response, refused, sri (T floats), text_signal, and the key."""
+    """One row per trace: id, label, prompt, response, refused, sri (T floats), text_signal, and the key: the traces'
+    key fields, the signal's layer and the anchors' :attr:`Anchors.digest`."""
     check_compatible(anchors.key, store.key, "anchors", f"traces {store.folder}", KEY_FIELDS)
     layers = [layer_ for layer_ in anchors.layers if layer_ in store.layers]
     if not layers:
@@ -203,7 +217,7 @@ def compute_signals(anchors: Anchors, store: TraceStore, layer: int | None = Non
         raise IncompatibleError(f"layer {main} is not in both the anchors and the traces (shared: {layers})")
     rows, states = store.load(layers)
     sigmas = {layer_: anchors.signal(states[layer_], layer_) for layer_ in layers}
-    key = {**{k: store.key.get(k) for k in ("model", *KEY_FIELDS)}, "layer": main}
+    key = {**{k: store.key.get(k) for k in ("model", *KEY_FIELDS)}, "layer": main, "anchors": anchors.digest}
     out = []
     for i, r in enumerate(rows):
         row = {

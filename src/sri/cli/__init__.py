@@ -9,7 +9,8 @@ One module per area registers its commands on the shared :data:`app`. :func:`mai
 * exit 2 — a user error (:class:`~sri.errors.SriError`, a bad option or argument, an OS error about a path or
   the machine: name too long, permission denied, disk full): one line ``error: …``;
 * exit 3 — finished but incomplete (``sri trace --max-failed-batches`` skipped batches);
-* exit 130 — interrupted (completed shards are kept; re-run to resume).
+* exit 130 — interrupted (trace, run, demo, eval and dlm keep completed work and resume when re-run; other
+  commands start again).
 """
 
 from __future__ import annotations
@@ -112,8 +113,16 @@ def _wrapped_os_error(e: Exception) -> str | None:
     return _ENVIRONMENT.get(int(found.group(1))) if found else None
 
 
+#: commands that keep completed work when interrupted and resume it when re-run
+_RESUMABLE = frozenset({"trace", "run", "demo", "eval", "dlm"})
+
+
 def _interrupted() -> None:
-    err.print("[yellow]interrupted[/] — completed shards are kept; re-run the same command to resume")
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    if command in _RESUMABLE:
+        err.print("[yellow]interrupted[/] — completed work is kept; re-run the same command to resume")
+    else:  # one-shot commands: each file is written whole (atomically) or not at all
+        err.print("[yellow]interrupted[/] — this command does not resume; re-run it to start again")
     sys.exit(130)
 
 

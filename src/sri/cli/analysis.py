@@ -181,7 +181,7 @@ def judge_calibrate(
     from ..data.assets import DATASETS, dataset_path
     from ..io import read_jsonl, write_json
     from ..judges.keyword import is_refusal
-    from ..judges.llm import LLMJudge, calibrate, default_judge_model
+    from ..judges.llm import LLMJudge, calibrate, check_labelled_rows, default_judge_model
 
     if keyword_only and model:
         raise SriError("--keyword-only calibrates no LLM judge, so --model would be ignored; give one of them")
@@ -189,6 +189,7 @@ def judge_calibrate(
         check_user_file(out_file, suffix=".json")
         check_not_input(out_file, "--out", **{"--labels": None if labels in DATASETS else labels})
     rows = read_jsonl(dataset_path(labels) if labels in DATASETS else labels)[:max_rows]
+    check_labelled_rows(rows, f"--labels {labels}")  # before any judge model is loaded
     scorers = {}
     for name in ([] if keyword_only else (model or [default_judge_model()])):
         adapter = load_adapter(name, device, dtype, None)

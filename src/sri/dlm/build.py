@@ -236,18 +236,18 @@ def gate_model(model: str | Path, base: str | None, config: GateConfig, *, devic
 
     folder = Path(resolve_model_source(str(model))[0])
     info = read_json(folder / "sri_dlm.json") if (folder / "sri_dlm.json").is_file() else {}
-    base = base or info.get("recipe", {}).get("base")
-    if base is None:
-        raise SriError(f"{folder} has no sri_dlm.json naming its base model; pass --base with the AR model it was "
-                       "adapted from")
     system_prompt = info.get("recipe", {}).get("system_prompt", DEFAULT_SYSTEM_PROMPT)
-    try:
+    try:  # first: is it a diffusion model at all? (a base model named for an AR model would not help)
         adapter = load_diffusion_model(str(model), device=device, dtype="fp32", system_prompt=system_prompt)
     except SriError as e:
         if "has no mask token" in str(e):
             raise SriError(f"'{model}' is not a masked-diffusion model (it has no mask token); gate a model built by "
                            "`sri dlm build`") from None
         raise
+    base = base or info.get("recipe", {}).get("base")
+    if base is None:
+        raise SriError(f"{folder} has no sri_dlm.json naming its base model; pass --base with the AR model it was "
+                       "adapted from")
     ar = load_model(base, device=device, dtype="fp32", system_prompt=system_prompt)
     pairs: list[dict[str, Any]] = []
     data_folder = info.get("data", {}).get("folder")

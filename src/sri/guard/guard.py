@@ -40,7 +40,7 @@ from .detectors import Detector, make_detector
 
 GUARD_FORMAT = "sri-guard/1"
 #: what a signal's key must share with the guard's before the guard scores it
-SIGNAL_KEY_FIELDS = (*KEY_FIELDS, "layer")
+SIGNAL_KEY_FIELDS = (*KEY_FIELDS, "layer", "anchors")
 NOT_BENIGN_LABELS = frozenset({"harmful", "jailbreak"})
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that."
 STREAM_MODES = ("union", "per-prefix", "off")
@@ -349,6 +349,7 @@ def fit_guard(
     check_compatible(key, c_key, "benign signals", "calibration signals", SIGNAL_KEY_FIELDS)
     if x.shape[1] != c.shape[1]:
         raise IncompatibleError(f"benign signals have {x.shape[1]} steps, calibration {c.shape[1]}; use one T")
+    anchor_pair = None if anchors is None else _anchors_for(anchors, key)
     def same(r: dict[str, Any]) -> set[Any]:  # what makes two rows one prompt: its id or its text
         prompt = r.get("prompt")
         return {("id", str(r.get("id")))} | ({("prompt", prompt)} if isinstance(prompt, str) else set())
@@ -374,7 +375,6 @@ def fit_guard(
         stream_thresholds = {t: float(np.quantile(s, quantile)) for t, s in cal_scores.items()}
     elif stream == "union":
         level, stream_thresholds = _union_calibration(cal_scores, quantile)
-    anchor_pair = None if anchors is None else _anchors_for(anchors, key)
     first = _first(cal_scores, stream_thresholds) if stream_thresholds else None
     info = {
         "sri_version": __version__,
@@ -429,6 +429,10 @@ def _first(scores: dict[int, np.ndarray], thresholds: dict[int, float]) -> np.nd
 
 def _anchors_for(anchors: Anchors, key: dict[str, Any]) -> StepAnchors:
     check_compatible(anchors.key, key, "anchors", "signals", KEY_FIELDS)
+    if key.get("anchors") != anchors.digest:
+        raise IncompatibleError(f"the signals were computed with other anchors (digest {clip(key.get('anchors'))}, "
+                                f"these are {anchors.digest}); give the anchor file the signals were computed with, "
+                                "or recompute the signals with this one (`sri signal --anchors`)")
     layer = key.get("layer")
     if layer not in anchors.harmless:
         raise IncompatibleError(f"anchors have no layer {layer} (they have {anchors.layers}); give the anchors the "

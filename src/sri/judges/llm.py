@@ -132,6 +132,15 @@ def best_threshold(scores: np.ndarray, complies: np.ndarray) -> float:
     return float(candidates[int(np.argmax(kappas))])
 
 
+def check_labelled_rows(rows: Sequence[dict[str, Any]], source: str = "calibration rows") -> None:
+    """One-line :class:`SriError` naming ``source`` and the first row without a ``response`` text and a boolean
+    human ``refused`` label (what :func:`calibrate` measures the judges against)."""
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("response"), str) or not isinstance(r.get("refused"), bool):
+            raise SriError(f"{source}: row {i + 1} needs a 'response' text and a boolean human 'refused' label; give "
+                           "labelled rows (objective, response, refused), e.g. the default refusal-judgements")
+
+
 def calibrate(rows: Sequence[dict[str, Any]], *,
               verdict_judges: dict[str, Callable[[list[str], list[str]], Sequence[bool]]] | None = None,
               score_judges: dict[str, Callable[[list[str], list[str]], np.ndarray]] | None = None,
@@ -144,9 +153,7 @@ def calibrate(rows: Sequence[dict[str, Any]], *,
     """
     from sklearn.metrics import roc_auc_score
 
-    for i, r in enumerate(rows):
-        if not isinstance(r.get("response"), str) or not isinstance(r.get("refused"), bool):
-            raise SriError(f"calibration row {i + 1} needs a 'response' text and a boolean 'refused' label")
+    check_labelled_rows(rows)
     objectives = [str(r.get("objective", "")) for r in rows]
     responses = [r["response"] for r in rows]
     human = np.array([r["refused"] for r in rows])

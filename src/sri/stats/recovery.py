@@ -266,14 +266,30 @@ def geometry_or_reason(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] |
     return geometry, None
 
 
+def missing_signals(run_dir: Path) -> str:
+    """The one-line message for a folder without ``signals.jsonl``, with a fix that works for that folder: a
+    pipeline run is resumed; a folder sri manages otherwise (a trace folder) cannot hold the user's signals."""
+    from ..io import run_folder_above
+
+    found = run_folder_above(run_dir / "signals.jsonl")
+    if found is not None and found[1] == "pipeline run folder":
+        return (f"{run_dir} has no signals.jsonl yet; finish the run first: re-run the `sri run` (or `sri demo` / "
+                "`sri eval`) command that made it, which resumes it")
+    if found is not None:
+        return (f"{run_dir} has no signals.jsonl, and it is inside the {found[1]} {found[0]}, where sri writes none; "
+                "compute signals into a folder of your own (`sri signal --anchors A --traces "
+                f"{run_dir} --out DIR/signals.jsonl`) and give that folder")
+    return (f"{run_dir} has no signals.jsonl; run `sri run --config …` or `sri signal --out "
+            f"{run_dir / 'signals.jsonl'}` first")
+
+
 def analyze_run(run_dir: str | Path, **settings: Any) -> dict[str, Any]:
     """Analyse ``RUN_DIR/signals.jsonl`` (from `sri run`, `sri demo` or `sri signal`) and write
     ``analysis.json`` and ``flags.jsonl`` (per-prompt incomplete-recovery flags) beside it."""
     run_dir = Path(run_dir)
     path = run_dir / "signals.jsonl"
     if not path.is_file():
-        raise SriError(f"{run_dir} has no signals.jsonl; run `sri run --config …` or `sri signal --out "
-                       f"{path}` first")
+        raise SriError(missing_signals(run_dir))
     rows = read_signal_rows(path)
     result = analyze_signals(rows, **settings)
     result["signals_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -81,9 +81,10 @@ def check_compatible(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: 
         if isinstance(va, dict) and isinstance(vb, dict):
             sub = next(k for k in [*va, *(k for k in vb if k not in va)] if va.get(k, ...) != vb.get(k, ...))
             where, va, vb = f"{f}.{sub}", va.get(sub, "(unset)"), vb.get(sub, "(unset)")
-        raise IncompatibleError(
-            f"{a_name} and {b_name} differ in {where} ({clip(va)} vs {clip(vb)}); recompute one of them with the same "
-            "model, system prompt, dtype, sampler settings, steps, pooling and layers")
+        fix = ("compute both signals with the same anchor file (`sri signal --anchors`)" if f == "anchors" else
+               "recompute one of them with the same model, system prompt, dtype, sampler settings, steps, pooling "
+               "and layers")
+        raise IncompatibleError(f"{a_name} and {b_name} differ in {where} ({clip(va)} vs {clip(vb)}); {fix}")
 
 
 class DamagedShardError(SriError):
