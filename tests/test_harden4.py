@@ -823,3 +823,13 @@ def test_an_interruption_says_whether_the_command_resumes(monkeypatch, capsys, a
     with pytest.raises(SystemExit) as stopped:
         _interrupted()
     assert stopped.value.code == 130 and says in capsys.readouterr().err
+
+
+def test_a_managed_folder_given_as_an_output_file_suggests_a_path_outside_it(tmp_path, capsys) -> None:
+    trace = tmp_path / "trace"
+    (trace / "shards").mkdir(parents=True)
+    (trace / "run.json").write_text("{}", encoding="utf-8")
+    texts = _write_jsonl(tmp_path / "in.jsonl", [{"response": "I cannot help."}])
+    res = run_cli(["judge", "--input", str(texts), "--out", str(trace)], capsys)
+    assert_one_line_error(res, f"give a file path outside it such as {tmp_path / 'trace-out.jsonl'}")
+    assert run_cli(["judge", "--input", str(texts), "--out", str(tmp_path / "trace-out.jsonl")], capsys).code == 0

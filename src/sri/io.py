@@ -104,8 +104,12 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out", suffi
     # a trailing "/" means a folder; Path (and the CLI's Path options) drop it, so look at what was typed too
     typed = {given, *(a.split("=", 1)[-1] for a in sys.argv[1:])}
     if given.endswith(("/", os.sep)) or f"{path}/" in typed or path.is_dir():
+        example = path / ("out" + suffix)
+        if run_folder_above(example) is not None:  # a folder sri manages: a file inside it would be refused too
+            raise SriError(f"{option} {path} is a folder that sri manages, but a file is expected here; give a file "
+                           f"path outside it such as {path.parent / (path.name + '-out' + suffix)}")
         raise SriError(f"{option} {path} is a folder, but a file is expected here; give a file path such as "
-                       f"{path / ('out' + suffix)}")
+                       f"{example}")
     blocker = _blocking_file(path)
     if blocker is not None:
         raise SriError(f"{option} {path} cannot be created: {blocker} is a file, not a folder; choose another path")
