@@ -833,3 +833,92 @@ def test_a_managed_folder_given_as_an_output_file_suggests_a_path_outside_it(tmp
     res = run_cli(["judge", "--input", str(texts), "--out", str(trace)], capsys)
     assert_one_line_error(res, f"give a file path outside it such as {tmp_path / 'trace-out.jsonl'}")
     assert run_cli(["judge", "--input", str(texts), "--out", str(tmp_path / "trace-out.jsonl")], capsys).code == 0
+
+
+# ------------------------------------------------------------------- round 11 (50 inputs, 3 broke)
+def test_the_dlm_mask_token_must_be_an_unused_special_token(smollm, tmp_path, capsys) -> None:
+    from sri.dlm.convert import pick_mask_token
+
+    with pytest.raises(SriError, match="'hello' is an ordinary vocabulary token"):
+        pick_mask_token(smollm.tokenizer, "hello")
+    with pytest.raises(SriError, match="is part of the chat template"):
+        pick_mask_token(smollm.tokenizer, "<|im_start|>")
+    assert pick_mask_token(smollm.tokenizer, "<empty_output>")[0] == "<empty_output>"
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"Say {i}", "response": f"{i}."} for i in range(4)])
+    assert_one_line_error(run_cli(["dlm", "build", "--pairs", str(pairs), "--out", str(tmp_path / "m"), "--steps", "1",
+                                   "--no-gate", "--mask-token", "hello"], capsys), "ordinary vocabulary token")
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_hint_naming_an_option_the_command_lacks_says_where_it_is(smollm, tmp_path, capsys) -> None:
+    import shutil
+
+    from sri.data.assets import model_asset
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # a tokenizer that loads; the model needs its code
+        shutil.copy(model_asset("smollm2-135m-instruct").path / name, remote / name)
+    (remote / "config.json").write_text(json.dumps({"model_type": "xmodel", "auto_map": {
+        "AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"}}), encoding="utf-8")
+    rows = _write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hi", "response": "ok"}])
+    res = run_cli(["judge-llm", "-m", str(remote), "--input", str(rows), "--out", str(tmp_path / "o.jsonl")], capsys)
+    assert_one_line_error(res, "pass --trust-remote-code")
+    assert "(--trust-remote-code is an option of `sri trace`, not of `sri judge-llm`)" in res.err
+    cfg = _config(tmp_path, model=str(remote))
+    res = run_cli(["validate", str(cfg)], capsys)
+    assert_one_line_error(res, "(in a run config --trust-remote-code is the field trust_remote_code)")
+    # options inside a quoted command belong to it: no note
+    trace = tmp_path / "trace"
+    (trace / "shards").mkdir(parents=True)
+    (trace / "run.json").write_text("{}", encoding="utf-8")
+    assert "option of" not in run_cli(["analyze", str(trace)], capsys).err
+
+
+def test_streaming_options_are_refused_when_the_guard_does_not_stream(tmp_path, capsys) -> None:
+    fit = _write_jsonl(tmp_path / "fit.jsonl", [_signal_row(i) for i in range(8)])
+    cal = _write_jsonl(tmp_path / "cal.jsonl", [_signal_row(i) for i in range(8, 12)])
+    base = ["guard", "fit", "--benign", str(fit), "--calibrate", str(cal), "--detector", "knn", "--stream", "off",
+            "--out", str(tmp_path / "g")]
+    for extra in (["--min-prefix", "2"], ["--stream-every", "2"]):
+        assert_one_line_error(run_cli([*base, *extra], capsys), "apply to the streaming guard only")
+        assert not (tmp_path / "g").exists()
+    assert run_cli(base, capsys).code == 0
+    assert_one_line_error(run_cli(["validate", str(_config(tmp_path, **{"guard.stream": "off", "guard.every": 2}))],
+                                  capsys), "every: 2 applies to the streaming guard only")
+
+
+def test_knn_records_the_k_it_used(tmp_path) -> None:
+    from sri.guard import Guard, fit_guard
+
+    guard = fit_guard([_signal_row(i) for i in range(4)], [_signal_row(i) for i in range(4, 7)], detector="knn",
+                      stream="off")
+    guard.save(tmp_path / "g")
+    assert Guard.load(tmp_path / "g").detectors[guard.steps].params["k"] == 4
+
+
+def test_attack_options_for_models_it_does_not_run_are_refused(tmp_path, capsys) -> None:
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "how to pick a lock", "label": "harmful"}])
+    base = ["attack", "-a", "flip", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]
+    assert_one_line_error(run_cli([*base, "-m", "no-such-model"], capsys), "runs no model")
+    assert_one_line_error(run_cli([*base, "--attacker", "smollm2-135m-instruct"], capsys), "has none, so drop")
+    assert not (tmp_path / "o.jsonl").exists()
+    assert run_cli(base, capsys).code == 0
+
+
+def test_python_api_misuse_gets_a_clear_error(tmp_path) -> None:
+    from sri.report.plots import plot_trajectories
+    from sri.signal import compute_signals
+
+    with pytest.raises(SriError, match="there are no signals to plot"):
+        plot_trajectories([], tmp_path / "x.png")
+    with pytest.raises(SriError, match="reads a trace folder"):
+        compute_signals(None, 5)  # type: ignore[arg-type]
+
+
+def test_a_folder_that_is_no_model_gets_a_hint_every_command_can_follow(tmp_path, capsys) -> None:
+    for args in (["dlm", "gate", str(tmp_path)], ["trace", "-m", str(tmp_path), "--prompts", "harmless",
+                                                   "--out", str(tmp_path / "t")]):
+        res = run_cli(args, capsys)
+        assert_one_line_error(res, "has no config.json; give a Hugging Face model folder")
+        assert "--model" not in res.err

@@ -201,9 +201,13 @@ def fit_anchors(harmless: TraceStore, harmful: TraceStore, *, judge: Callable[[s
     )
 
 
-def compute_signals(anchors: Anchors, store: TraceStore, layer: int | None = None) -> list[dict[str, Any]]:
+def compute_signals(anchors: Anchors, store: TraceStore | str | Path, layer: int | None = None) -> list[dict[str, Any]]:
     """One row per trace: id, label, prompt, response, refused, sri (T floats), text_signal, and the key: the traces'
     key fields, the signal's layer and the anchors' :attr:`Anchors.digest`."""
+    if isinstance(store, str | Path):
+        store = TraceStore.open(store)
+    if not isinstance(store, TraceStore):
+        raise SriError(f"compute_signals reads a trace folder (a path or a TraceStore), not {type(store).__name__}")
     check_compatible(anchors.key, store.key, "anchors", f"traces {store.folder}", KEY_FIELDS)
     layers = [layer_ for layer_ in anchors.layers if layer_ in store.layers]
     if not layers:

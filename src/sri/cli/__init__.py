@@ -126,6 +126,71 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
+#: option names whose run-config field is not simply the name with ``_`` for ``-``
+_CONFIG_FIELD = {"sampler": "sampler.kind", "stop_token": "stop_tokens", "ray_address": "execution.address"}
+#: commands that take a run config rather than model and sampler options
+_CONFIG_COMMANDS = frozenset({"run", "demo", "eval", "validate"})
+
+
+def _config_field(option: str) -> str | None:
+    """The run-config field that plays the part of ``option`` (``--trust-remote-code`` → ``trust_remote_code``)."""
+    from ..pipeline.config import DiffusionSampler, ExecutionSection, RunConfig
+
+    name = option[2:].replace("-", "_")
+    if name in _CONFIG_FIELD:
+        return _CONFIG_FIELD[name]
+    for prefix, fields in (("", RunConfig.model_fields), ("sampler.", DiffusionSampler.model_fields),
+                           ("execution.", ExecutionSection.model_fields)):
+        if name in fields:
+            return prefix + name
+    return None
+
+
+def _options_elsewhere(message: str) -> str:
+    """A note for a library hint that names options the running command lacks (a model-loading error raised under
+    `sri attack` suggesting ``--trust-remote-code``): which commands have them, or the run-config field. Options
+    inside a quoted command (`` `sri signal --out …` ``) belong to that command and are skipped."""
+    import typer
+
+    root = typer.main.get_command(app)
+    command, path = root, []
+    for arg in sys.argv[1:]:
+        sub = getattr(command, "commands", {}).get(arg) if not arg.startswith("-") else None
+        if sub is None and not arg.startswith("-"):
+            break
+        if sub is not None:
+            command, path = sub, [*path, arg]
+    if not path or hasattr(command, "commands"):
+        return ""
+
+    def options(c: object) -> set[str]:
+        return {o for p in getattr(c, "params", []) for o in (*p.opts, *p.secondary_opts)}
+
+    leaves: dict[str, object] = {}
+
+    def walk(c: object, name: list[str]) -> None:
+        for n, sub in getattr(c, "commands", {}).items():
+            if hasattr(sub, "commands"):
+                walk(sub, [*name, n])
+            else:
+                leaves[" ".join([*name, n])] = sub
+
+    walk(root, [])
+    own = options(command)
+    unquoted = re.sub(r"`sri [^`]*`", "", message)
+    notes = []
+    for option in dict.fromkeys(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", unquoted)):
+        if option in own:
+            continue
+        owners = [f"`sri {name}`" for name, c in leaves.items() if option in options(c)]
+        field = _config_field(option) if path[0] in _CONFIG_COMMANDS else None
+        if field:
+            notes.append(f"in a run config {option} is the field {field}")
+        elif owners:
+            notes.append(f"{option} is an option of {', '.join(owners)}, not of `sri {' '.join(path)}`")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def main() -> None:
     """Console entry point: the CLI's one error boundary (exit codes in the module docstring)."""
     try:
@@ -133,7 +198,7 @@ def main() -> None:
     except SriError as e:
         if debug_enabled():
             traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-        _one_line("[red]error:[/]", str(e))
+        _one_line("[red]error:[/]", str(e) + _options_elsewhere(str(e)))
         sys.exit(2)
     except cx.NoArgsIsHelpError as e:  # `sri` / `sri guard` alone: the help
         e.show()

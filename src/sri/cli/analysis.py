@@ -58,14 +58,16 @@ def attack(
     shuffle_seed: Annotated[int | None, typer.Option(
         callback=SEED, help="Shuffle the behaviours with this seed first.")] = None,
     seed: Annotated[int, typer.Option(callback=SEED, help="Attack seed.")] = 0,
-    model: Annotated[str, typer.Option("--model", "-m", help="Target model (attacks that run one).")] =
-        "qwen2.5-coder-0.5b-instruct",
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Target model, for attacks that run one (default: qwen2.5-coder-0.5b-instruct).")] =
+        None,
     attacker: Annotated[str | None, typer.Option(help="PAIR attacker model (default: the target).")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Turn harmful behaviours into jailbreak prompts; each output row keeps behavior_id, behavior and attack."""
     from ..attacks import ATTACKS, AttackContext, get_attack, run_attack
+    from ..data.assets import DEFAULT_MODEL
     from ..data.prompts import load_prompts
     from ..io import write_jsonl
 
@@ -91,8 +93,14 @@ def attack(
     texts = frozenset(k for k, kinds in spec.option_types().items() if str in kinds)
     options = check_options(name, _parse_options(option, texts))  # types and ranges, before any model loads
     records = load_prompts(prompts, max_prompts=max_prompts, shuffle_seed=shuffle_seed)
+    uses_target = spec.needs_target or spec.reads_target
+    if model is not None and not uses_target:
+        raise SriError(f"attack '{name}' runs no model, so -m {model} would be ignored; drop -m")
+    if attacker is not None and name != "pair":
+        raise SriError(f"--attacker is the attacker model of PAIR; attack '{name}' has none, so drop --attacker")
+    model = model or DEFAULT_MODEL
     context = AttackContext(seed=seed, progress=True)
-    if spec.needs_target or spec.reads_target:
+    if uses_target:
         diffusion = "causal" not in spec.model_kinds  # e.g. DIJA: the target's own mask token fills the slots
         try:
             context.target = load_adapter(model, device, dtype, "You are a helpful assistant", diffusion=diffusion)

@@ -122,7 +122,11 @@ def build_dlm(config: BuildConfig, out: Path, *, minutes: float | None = None, g
 
     # everything the user gave is checked before the work folder is written
     own_pairs = load_pairs(config.pairs_file) if config.pairs_file is not None else None
-    check_model(config.base, system_prompt=config.system_prompt)
+    tokenizer = check_model(config.base, system_prompt=config.system_prompt)
+    if config.mask_token is not None:
+        from .convert import pick_mask_token
+
+        pick_mask_token(tokenizer, config.mask_token)
     if own_pairs is None:
         check_model(config.teacher, system_prompt=config.system_prompt)
     work = work_folder(out)

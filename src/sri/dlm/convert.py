@@ -44,7 +44,8 @@ class Conversion:
 
 
 def pick_mask_token(tokenizer: Any, requested: str | None = None) -> tuple[str, int]:
-    """``(token, id)`` of the mask: ``requested`` if given, else the tokenizer's own mask token, else a known mask
+    """``(token, id)`` of the mask: ``requested`` if given (it must be a special token that no rendered chat holds),
+    else the tokenizer's own mask token, else a known mask
     name, else the **last** added special token that is not BOS/EOS/PAD/UNK and does not occur in a rendered
     chat (for SmolLM2: ``<empty_output>``, a code-data marker no chat turn contains)."""
     vocab = tokenizer.get_vocab()
@@ -52,6 +53,14 @@ def pick_mask_token(tokenizer: Any, requested: str | None = None) -> tuple[str, 
         if requested not in vocab:
             raise SriError(f"mask token {requested!r} is not in the tokenizer's vocabulary; pick an existing "
                            "special token (see tokenizer.json 'added_tokens')")
+        special = {str(t.content) for t in tokenizer.added_tokens_decoder.values() if t.special}
+        if requested not in special:
+            raise SriError(f"mask token {requested!r} is an ordinary vocabulary token, so prompt text containing it "
+                           "would be read as a mask; pick a special token (tokenizer.json 'added_tokens' with "
+                           "special: true) or leave --mask-token out to pick an unused one")
+        if requested in _rendered_chat(tokenizer):
+            raise SriError(f"mask token {requested!r} is part of the chat template, so every rendered prompt would "
+                           "hold a mask; pick a special token chats never contain, or leave --mask-token out")
         return requested, int(vocab[requested])
     if getattr(tokenizer, "mask_token", None) and tokenizer.mask_token_id is not None:
         return str(tokenizer.mask_token), int(tokenizer.mask_token_id)

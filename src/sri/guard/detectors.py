@@ -195,7 +195,8 @@ class MahalanobisDetector(Detector):
 
 
 class KNNDetector(Detector):
-    """Mean Euclidean distance to the ``k`` nearest benign signals."""
+    """Mean Euclidean distance to the ``k`` nearest benign signals (k = 5, or every signal when fewer were given;
+    the k used is the one recorded)."""
 
     kind = "knn"
 
@@ -206,7 +207,8 @@ class KNNDetector(Detector):
 
     def _fit(self, x: np.ndarray) -> None:
         self.reference = x
-        self.index = NearestNeighbors(n_neighbors=min(self.params["k"], len(x))).fit(x)
+        self.params["k"] = min(self.params["k"], len(x))  # fewer benign signals than k: all of them, recorded so
+        self.index = NearestNeighbors(n_neighbors=self.params["k"]).fit(x)
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         assert self.index is not None

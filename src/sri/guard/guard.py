@@ -364,6 +364,9 @@ def fit_guard(
         raise SriError(f"min prefix must be in [1, {steps}] (got {min_prefix})")
     if every < 1:
         raise SriError(f"--stream-every must be ≥ 1 (got {every})")
+    if stream == "off" and (min_prefix, every) != (1, 1):
+        raise SriError(f"--min-prefix / --stream-every apply to the streaming guard only (got {min_prefix} / "
+                       f"{every}); with --stream off drop them, or choose --stream union")
     params = detector_params or {}
     prefixes = sorted({*range(min_prefix, steps + 1, every), steps}) if stream != "off" else [steps]
     detectors = {t: make_detector(detector, seed=seed, **params).fit(x[:, :t]) for t in prefixes}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,7 +66,8 @@ def resolve_model_source(spec: str) -> tuple[str, bool]:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise SriError(f"{path} has no config.json; point --model at a Hugging Face model folder")
+            raise SriError(f"{path} has no config.json; give a Hugging Face model folder (one holding config.json) "
+                           "or an offline short name (`sri ls models`)")
         return _checked(path), True
     if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
         return spec, False
@@ -253,7 +255,7 @@ def load_diffusion_model(
         raise ((not is_local and _safetensors_only(spec, e)) or _load_error(spec, is_local, e)) from None
     model.to(dev).eval()
     if model.get_output_embeddings() is None:
-        raise SriError(f"'{spec}' loads as {type(model).__name__}, which returns no logits; point --model at a "
+        raise SriError(f"'{spec}' loads as {type(model).__name__}, which returns no logits; give a "
                        "checkpoint with a language-model head")
 
     resolved_mask, where = (mask_id, "--mask-id") if mask_id is not None else \
@@ -323,9 +325,10 @@ def prepare_tokenizer(spec: str, source: str, is_local: bool, system_prompt: str
 
 def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                 trust_remote_code: bool = False, layers: str | None = None, stop_tokens: Sequence[str | int] = (),
-                gen_length: int | None = None) -> None:
+                gen_length: int | None = None) -> Any:
     """Fail now, in one line, if ``spec`` cannot be resolved or its tokenizer cannot serve generation (see
-    :func:`prepare_tokenizer`); loads no weights. For commands that write before they load the model.
+    :func:`prepare_tokenizer`); loads no weights. For commands that write before they load the model. Returns
+    the prepared tokenizer.
 
     With the run's settings it also checks, from config.json and the tokenizer, what loading would refuse later:
     the ``layers`` spec (:func:`~sri.models.adapter.parse_layers`), the ``stop_tokens`` and a generation length
@@ -345,6 +348,7 @@ def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         requested_stop_ids(spec, tokenizer.get_vocab(), size, stop_tokens)
     if gen_length is not None:
         check_generation_length(gen_length, context_length(text_config))
+    return tokenizer
 
 
 def context_length(config) -> int | None:
@@ -413,4 +417,4 @@ def _auto_class(spec: str, config):
     if type(config) in MODEL_FOR_MASKED_LM_MAPPING:
         return transformers.AutoModelForMaskedLM
     raise SriError(f"'{spec}' ({type(config).__name__}) has no language-model head class in transformers and no "
-                   "auto_map; point --model at a causal or masked LM checkpoint")
+                   "auto_map; give a causal or masked LM checkpoint")

@@ -220,6 +220,13 @@ class GuardSection(Section):
     stream: Literal["union", "per-prefix", "off"] = "union"
     every: PositiveInt = 1
 
+    @model_validator(mode="after")
+    def _streaming_only(self) -> GuardSection:
+        if self.stream == "off" and self.every != 1:
+            raise ValueError(f"every: {self.every} applies to the streaming guard only; with stream: off drop it, "
+                             "or choose stream: union")
+        return self
+
     @field_validator("detector")
     @classmethod
     def _known(cls, name: str, info: ValidationInfo) -> str:

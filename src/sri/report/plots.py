@@ -40,6 +40,8 @@ def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title:
     Bottom: the text-level refusal step signal, as the share of each group whose text has not refused yet.
     """
     reference = reference or ()
+    if not rows:
+        raise SriError("there are no signals to plot; give signal rows of `sri signal`")
     steps = len(rows[0]["sri"])
     if steps < 2:
         raise SriError("the signals have 1 step; a trajectory needs at least 2 (trace with --steps ≥ 2)")
