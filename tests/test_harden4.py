@@ -629,8 +629,8 @@ def test_a_masked_diffusion_checkpoint_is_refused_by_the_ar_loader(tiny_llama_di
 
 @pytest.mark.parametrize("kwargs, match", [({"lambda_c": float("nan")}, "lambda_c must be a number strictly"),
                                            ({"lambda_r": [2.0]}, "lambda_r must be a number strictly"),
-                                           ({"lambda_r": [0.1, 0.1000001]}, "lambda_r must list distinct"),
-                                           ({"lambda_r": []}, "lambda_r must list distinct"),
+                                           ({"lambda_r": [0.1, 0.1000001]}, "got 0.1, 0.1000001, named 0.1, 0.1"),
+                                           ({"lambda_r": []}, "lambda_r must list at least one threshold"),
                                            ({"resamples": -5}, "resamples must be a whole number")])
 def test_analysis_settings_are_checked_in_the_python_api_too(tmp_path, kwargs, match) -> None:
     from sri.stats.recovery import analyze_run
@@ -922,3 +922,36 @@ def test_a_folder_that_is_no_model_gets_a_hint_every_command_can_follow(tmp_path
         res = run_cli(args, capsys)
         assert_one_line_error(res, "has no config.json; give a Hugging Face model folder")
         assert "--model" not in res.err
+
+
+# ------------------------------------------------------------------- round 12 (50 inputs, 2 broke)
+def test_a_diffusion_sampler_on_a_model_without_a_mask_is_refused_before_the_run_folder(smollm, tmp_path,
+                                                                                         capsys) -> None:
+    sampler = {"kind": "diffusion", "steps": 4, "gen_length": 4, "block_length": 4}
+    cfg = _config(tmp_path, sampler=sampler)
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), "'smollm2-135m-instruct' has no mask token")
+    out = tmp_path / "run"
+    assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(out)], capsys), "has no mask token")
+    assert not out.exists()
+
+
+def test_a_diffusion_model_with_a_mask_passes_the_check(tiny_llama_dir) -> None:
+    from sri.models import check_model
+
+    check_model(str(tiny_llama_dir), diffusion=True)  # the byte tokenizer declares a mask token
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "nan", "inf"])
+def test_a_bad_progress_interval_is_refused_before_any_command_runs(monkeypatch, capsys, value) -> None:
+    monkeypatch.setenv("SRI_PROGRESS_INTERVAL", value)
+    assert_one_line_error(run_cli(["ls", "models"], capsys), "SRI_PROGRESS_INTERVAL is")
+    monkeypatch.setenv("SRI_PROGRESS_INTERVAL", "")
+    assert run_cli(["ls", "models"], capsys).code == 0
+
+
+def test_judge_names_a_field_that_is_not_text(tmp_path, capsys) -> None:
+    rows = _write_jsonl(tmp_path / "s.jsonl", [_signal_row(0)])
+    assert_one_line_error(run_cli(["judge", "--input", str(rows), "--field", "sri"], capsys),
+                          "row 1 has a list, not text, in field 'sri'")
+    assert_one_line_error(run_cli(["judge", "--input", str(rows), "--field", "nope"], capsys),
+                          "row 1 has no field 'nope'")

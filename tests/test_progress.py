@@ -6,6 +6,7 @@ import time
 import pytest
 
 from sri import progress
+from sri.errors import SriError
 from sri.progress import PlainProgress, metric_bar, progress_bar, progress_interval
 
 
@@ -54,10 +55,15 @@ def test_disabled_is_silent(capsys) -> None:
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize(("value", "seconds"), [(None, 30.0), ("5", 5.0), ("0.5", 0.5), ("0", 30.0), ("x", 30.0)])
+@pytest.mark.parametrize(("value", "seconds"), [(None, 30.0), ("", 30.0), ("5", 5.0), ("0.5", 0.5), ("0", None),
+                                                ("x", None)])
 def test_interval_from_environment(monkeypatch, value, seconds) -> None:
     if value is None:
         monkeypatch.delenv("SRI_PROGRESS_INTERVAL", raising=False)
     else:
         monkeypatch.setenv("SRI_PROGRESS_INTERVAL", value)
-    assert progress_interval() == seconds
+    if seconds is None:  # set, but not a positive number of seconds: refused, not silently replaced
+        with pytest.raises(SriError, match="set it to a positive number of seconds"):
+            progress_interval()
+    else:
+        assert progress_interval() == seconds

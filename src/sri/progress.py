@@ -8,6 +8,7 @@ one every ``SRI_PROGRESS_INTERVAL`` seconds (default 30) while the work runs, an
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -26,6 +27,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .errors import SriError
+
 console = Console(stderr=True)
 
 #: environment variable: seconds between plain progress lines when stderr is not a terminal
@@ -34,12 +37,20 @@ DEFAULT_INTERVAL = 30.0
 
 
 def progress_interval() -> float:
-    """Seconds between plain progress lines: ``$SRI_PROGRESS_INTERVAL`` if it is a positive number, else 30."""
-    try:
-        value = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL))
-    except ValueError:
+    """Seconds between plain progress lines: ``$SRI_PROGRESS_INTERVAL`` (unset or empty: 30).
+
+    Raises :class:`~sri.errors.SriError` if it is set to anything but a positive finite number of seconds."""
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    if not raw:
         return DEFAULT_INTERVAL
-    return value if value > 0 else DEFAULT_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise SriError(f"{INTERVAL_ENV} is {raw[:40]!r}; set it to a positive number of seconds between progress "
+                       "lines (e.g. 10), or unset it for 30")
+    return value
 
 
 def _clock(seconds: float) -> str:

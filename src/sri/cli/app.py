@@ -35,6 +35,9 @@ def _options(
         False,
 ) -> None:
     _DEBUG["on"] = debug
+    from ..progress import progress_interval
+
+    progress_interval()  # a bad $SRI_PROGRESS_INTERVAL is refused before any command runs
 
 
 def debug_enabled() -> bool:

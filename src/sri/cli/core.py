@@ -302,7 +302,8 @@ def judge(
         rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)
         for i, row in enumerate(rows):
             if not isinstance(row.get(field), str):
-                raise SriError(f"{input_file} row {i + 1} has no text field '{field}'; choose it with --field")
+                what = "no field" if field not in row else f"a {type(row[field]).__name__}, not text, in field"
+                raise SriError(f"{input_file} row {i + 1} has {what} '{field}'; choose a text field with --field")
         judged = []
         for row in rows:
             v = keyword_verdict(row[field])

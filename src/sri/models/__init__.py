@@ -262,8 +262,7 @@ def load_diffusion_model(
         find_mask_id(conventions, model, tokenizer)
     vocab = int(model.get_input_embeddings().weight.shape[0])
     if resolved_mask is None:
-        raise SriError(f"'{spec}' has no mask token (no mask_token_id in its config, no tokenizer mask token); "
-                       "a diffusion sampler needs one — pass --mask-id ID if the model has one")
+        raise _no_mask_error(spec)
     if not 0 <= resolved_mask < vocab:
         raise SriError(f"mask id {resolved_mask} (from {where}) is outside the vocabulary of {vocab}; "
                        "pass the right --mask-id")
@@ -325,14 +324,15 @@ def prepare_tokenizer(spec: str, source: str, is_local: bool, system_prompt: str
 
 def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                 trust_remote_code: bool = False, layers: str | None = None, stop_tokens: Sequence[str | int] = (),
-                gen_length: int | None = None) -> Any:
+                gen_length: int | None = None, diffusion: bool = False) -> Any:
     """Fail now, in one line, if ``spec`` cannot be resolved or its tokenizer cannot serve generation (see
     :func:`prepare_tokenizer`); loads no weights. For commands that write before they load the model. Returns
     the prepared tokenizer.
 
     With the run's settings it also checks, from config.json and the tokenizer, what loading would refuse later:
     the ``layers`` spec (:func:`~sri.models.adapter.parse_layers`), the ``stop_tokens`` and a generation length
-    of ``gen_length`` tokens against the context (``max_position_embeddings``)."""
+    of ``gen_length`` tokens against the context (``max_position_embeddings``); with ``diffusion``, that the model
+    declares a mask token where its family looks for one (:func:`~sri.models.masked.find_mask_id`)."""
     source, is_local = resolve_model_source(spec)
     config = _load_config(spec, source, is_local, trust_remote_code)
     tokenizer = prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code, config=config)
@@ -348,7 +348,33 @@ def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         requested_stop_ids(spec, tokenizer.get_vocab(), size, stop_tokens)
     if gen_length is not None:
         check_generation_length(gen_length, context_length(text_config))
+    if diffusion:
+        _check_mask_declared(spec, source, is_local, config, tokenizer)
     return tokenizer
+
+
+def _check_mask_declared(spec: str, source: str, is_local: bool, config: Any, tokenizer: Any) -> None:
+    """Without weights: does the model declare a mask token where its diffusion family looks for one?"""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    family = _pick_family(config, None)
+    generation = None
+    if is_local and (Path(source) / "generation_config.json").is_file():
+        try:
+            generation = GenerationConfig.from_pretrained(source)
+        except Exception:  # an unreadable generation config declares no mask; loading reports it
+            generation = None
+    elif not is_local and "generation_config" in family.mask_id_from:
+        return  # a Hub model's generation config is not fetched here; loading checks it
+    if find_mask_id(family, SimpleNamespace(config=config, generation_config=generation), tokenizer)[0] is None:
+        raise _no_mask_error(spec)
+
+
+def _no_mask_error(spec: str) -> SriError:
+    return SriError(f"'{spec}' has no mask token (no mask_token_id in its config, no tokenizer mask token); "
+                    "a diffusion sampler needs one — pass --mask-id ID if the model has one")
 
 
 def context_length(config) -> int | None:

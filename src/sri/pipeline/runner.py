@@ -141,7 +141,8 @@ def _run_samplers(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptReco
 def preflight(cfg: RunConfig) -> None:
     """What a run reads besides its prompt sets, checked before anything is written: every model it names exists
     and loads its tokenizer (no weights), the target model takes the run's layers, stop tokens and generation
-    lengths, and a reused ``anchors_file`` is a readable anchor file. One-line :class:`SriError` otherwise."""
+    lengths (and declares a mask token under a diffusion sampler), and a reused ``anchors_file`` is a readable
+    anchor file. One-line :class:`SriError` otherwise."""
     from ..models import check_model
     from ..signal import Anchors
 
@@ -158,6 +159,7 @@ def preflight(cfg: RunConfig) -> None:
                                    "anchor prompt sets instead")
     longest = max(getattr(s, "gen_length", s.steps) for s in [cfg.sampler, *cfg.samplers.values()])
     check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code,
-                layers=cfg.layers, stop_tokens=cfg.stop_tokens, gen_length=longest)
+                layers=cfg.layers, stop_tokens=cfg.stop_tokens, gen_length=longest,
+                diffusion=cfg.sampler_kind == "diffusion")
     for name in dict.fromkeys(m for m in (cfg.attack_model, cfg.attacker, cfg.defenses.llm_guard_model) if m):
         check_model(name, system_prompt=cfg.system_prompt or None)

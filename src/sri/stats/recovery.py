@@ -186,7 +186,10 @@ def check_settings(lambda_c: float, lambda_r: Sequence[float], lambda_dip: float
             raise SriError(f"{name} must be a number strictly between 0 and 1 (got {value!r})")
     labels = [f"{v:g}" for v in lambda_r]
     if not labels or len(set(labels)) != len(labels):
-        raise SriError(f"lambda_r must list distinct thresholds (got {', '.join(labels) or 'none'}); give each once")
+        if not labels:
+            raise SriError("lambda_r must list at least one threshold; e.g. 0.5 0.3 0.1")
+        raise SriError(f"lambda_r must list thresholds that differ in the results, which name each by 6 significant "
+                       f"digits (got {', '.join(map(repr, lambda_r))}, named {', '.join(labels)}); give each once")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or not 0 <= resamples <= MAX_RESAMPLES:
         raise SriError(f"resamples must be a whole number in [0, {MAX_RESAMPLES}] (got {resamples!r})")
 
