@@ -955,3 +955,13 @@ def test_judge_names_a_field_that_is_not_text(tmp_path, capsys) -> None:
                           "row 1 has a list, not text, in field 'sri'")
     assert_one_line_error(run_cli(["judge", "--input", str(rows), "--field", "nope"], capsys),
                           "row 1 has no field 'nope'")
+
+
+def test_every_model_a_run_names_is_checked_before_the_run_folder(tmp_path, capsys) -> None:
+    for change in ({"judge.model": "nonexistent-judge"}, {"attacker": "nonexistent-judge"}):
+        field = next(iter(change))
+        cfg = _config(tmp_path, **change)
+        assert_one_line_error(run_cli(["validate", str(cfg)], capsys), f"{field}: model 'nonexistent-judge' is unknown")
+        assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(tmp_path / "r")], capsys),
+                              f"{field}: model")
+        assert not (tmp_path / "r").exists()

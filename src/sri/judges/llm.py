@@ -49,6 +49,14 @@ def default_judge_model() -> str:
     return PREFERRED_JUDGE if MODELS[PREFERRED_JUDGE].is_fetched() else DEFAULT_MODEL
 
 
+def judge_model_for(name: str) -> str | None:
+    """The model a run config's ``judge.model`` names: None for ``none`` (keyword judge only), the
+    :func:`default_judge_model` for ``auto``, else ``name`` itself."""
+    if name.lower() == "none":
+        return None
+    return default_judge_model() if name == "auto" else name
+
+
 @dataclass
 class LLMJudge:
     """Yes/no compliance judge on ``adapter``. ``max_chars`` trims long requests and responses (keeps the start).

@@ -133,12 +133,9 @@ class Run:
         return self.prov.get("model_kind") or self.target().family.kind
 
     def judge_model_name(self) -> str | None:
-        from ..judges.llm import default_judge_model
+        from ..judges.llm import judge_model_for
 
-        name = self.cfg.judge.model
-        if name.lower() == "none":
-            return None
-        return default_judge_model() if name == "auto" else name
+        return judge_model_for(self.cfg.judge.model)
 
     def judge(self) -> Any:
         """The LLM judge (loaded once; the target is released first when the judge is another model)."""

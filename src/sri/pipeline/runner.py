@@ -139,10 +139,12 @@ def _run_samplers(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptReco
 
 
 def preflight(cfg: RunConfig) -> None:
-    """What a run reads besides its prompt sets, checked before anything is written: every model it names exists
-    and loads its tokenizer (no weights), the target model takes the run's layers, stop tokens and generation
-    lengths (and declares a mask token under a diffusion sampler), and a reused ``anchors_file`` is a readable
-    anchor file. One-line :class:`SriError` otherwise."""
+    """What a run reads besides its prompt sets, checked before anything is written: every model it names (target,
+    attack models, LLM-guard and judge models; an error names the field) exists and loads its tokenizer (no
+    weights), the target model takes the run's layers, stop tokens and generation lengths (and declares a mask
+    token under a diffusion sampler), and a reused ``anchors_file`` is a readable anchor file. One-line
+    :class:`SriError` otherwise."""
+    from ..judges.llm import judge_model_for
     from ..models import check_model
     from ..signal import Anchors
 
@@ -161,5 +163,13 @@ def preflight(cfg: RunConfig) -> None:
     check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code,
                 layers=cfg.layers, stop_tokens=cfg.stop_tokens, gen_length=longest,
                 diffusion=cfg.sampler_kind == "diffusion")
-    for name in dict.fromkeys(m for m in (cfg.attack_model, cfg.attacker, cfg.defenses.llm_guard_model) if m):
-        check_model(name, system_prompt=cfg.system_prompt or None)
+    named = {"attack_model": cfg.attack_model, "attacker": cfg.attacker,
+             "defenses.llm_guard_model": cfg.defenses.llm_guard_model, "judge.model": judge_model_for(cfg.judge.model)}
+    checked = {cfg.model}
+    for field, name in named.items():
+        if name and name not in checked:
+            checked.add(name)
+            try:
+                check_model(name, system_prompt=cfg.system_prompt or None)
+            except SriError as e:
+                raise SriError(f"{field}: {e}") from None
