@@ -912,7 +912,7 @@ def test_python_api_misuse_gets_a_clear_error(tmp_path) -> None:
 
     with pytest.raises(SriError, match="there are no signals to plot"):
         plot_trajectories([], tmp_path / "x.png")
-    with pytest.raises(SriError, match="reads a trace folder"):
+    with pytest.raises(SriError, match="must be a trace folder"):
         compute_signals(None, 5)  # type: ignore[arg-type]
 
 
@@ -965,3 +965,58 @@ def test_every_model_a_run_names_is_checked_before_the_run_folder(tmp_path, caps
         assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(tmp_path / "r")], capsys),
                               f"{field}: model")
         assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------- round 13 (50 inputs, 1 broke)
+def test_a_refused_run_folder_gets_no_lock_file(tmp_path, capsys) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    assert_one_line_error(run_cli(["run", "--config", str(_config(tmp_path)), "--out", str(folder)], capsys),
+                          "exists and is not a run folder")
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_signal_rows_must_have_as_many_values_as_their_key_says(tmp_path, capsys) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [_signal_row(i) for i in range(6)]
+    rows[0] = {**rows[0], "sri": rows[0]["sri"][:2], "text_signal": [1, 1]}
+    _write_jsonl(run / "signals.jsonl", rows)
+    assert_one_line_error(run_cli(["analyze", str(run)], capsys),
+                          "signals.jsonl:1: 'sri' has 2 steps but the row's key says steps = 4")
+    assert not (run / "analysis.json").exists()
+
+
+def test_a_file_where_a_run_writes_a_folder_is_named_with_the_fix(tmp_path, capsys) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    _write_jsonl(run / "signals.jsonl", [_signal_row(i) for i in range(6)])
+    (run / "figures").write_text("not a folder", encoding="utf-8")
+    assert_one_line_error(run_cli(["report", str(run)], capsys),
+                          "figures is a file, but sri writes its figures/ there as a folder; move it aside")
+
+
+def test_command_line_bytes_the_locale_cannot_decode_are_named_as_such(capsys) -> None:
+    assert_one_line_error(run_cli(["judge", "Lo siento \udce2\udc9c\udc93"], capsys),
+                          "which is how Python passes command-line bytes")
+    assert_one_line_error(run_cli(["judge", "half a pair \ud83d"], capsys), "both halves of a surrogate pair")
+
+
+def test_python_api_arguments_are_checked_like_the_cli(tmp_path) -> None:
+    import numpy as np
+
+    from sri.data.prompts import load_prompts
+    from sri.guard import fit_guard
+    from sri.signal import fit_anchors
+
+    for value in (2.5, True):
+        with pytest.raises(SriError, match="max_prompts must be a whole number"):
+            load_prompts("harmless", max_prompts=value)
+    with pytest.raises(SriError, match="must be a trace folder .*not list"):
+        fit_anchors([], [])  # type: ignore[arg-type]
+    guard = fit_guard([_signal_row(i) for i in range(8)], [_signal_row(i) for i in range(8, 12)], detector="knn")
+    with pytest.raises(SriError, match=r"values outside \[0, 1\]"):
+        guard.score(np.array([[5.0, -3.0, 7.0, 1e9]]))
+    with pytest.raises(SriError, match=r"values outside \[0, 1\]"):
+        guard.first_flag(np.array([[5.0, -3.0, 7.0, 1e9]]))

@@ -412,9 +412,14 @@ def lone_surrogate(obj: Any, where: str = "") -> tuple[str, str] | None:
 def check_text(text: str, what: str) -> None:
     """Refuse text holding a lone surrogate: no tokenizer can encode it and it cannot be written as UTF-8."""
     found = lone_surrogate(text)
-    if found is not None:
-        raise SriError(f"{what} holds a lone surrogate ({found[1]}), which is not valid Unicode text; remove it or "
-                       "give the full character (both halves of a surrogate pair)")
+    if found is None:
+        return
+    if "\\udc80" <= found[1] <= "\\udcff":  # how Python passes command-line bytes its locale cannot decode
+        raise SriError(f"{what} holds a lone surrogate ({found[1]}), which is how Python passes command-line bytes "
+                       f"that are not {sys.getfilesystemencoding()} text; give UTF-8 text under a UTF-8 locale (e.g. "
+                       "LC_ALL=C.UTF-8 or PYTHONUTF8=1), or remove it from the text")
+    raise SriError(f"{what} holds a lone surrogate ({found[1]}), which is not valid Unicode text; remove it or "
+                   "give the full character (both halves of a surrogate pair)")
 
 
 class _NonStandardJSON(ValueError):
@@ -548,6 +553,10 @@ def read_signal_rows(path: str | os.PathLike[str], fields: Iterable[str] = SIGNA
                 if bad is not None:  # σ is a sigmoid and the text signal 0/1: outside [0, 1] is not a signal
                     raise SriError(f"{where}: '{name}'[{bad}] is {value[bad]!r}, outside [0, 1] where every "
                                    "signal value lies; regenerate the file with `sri signal`")
+                steps = r.get("key", {}).get("steps") if isinstance(r.get("key"), dict) else None
+                if isinstance(steps, int) and not isinstance(steps, bool) and len(value) != steps:
+                    raise SriError(f"{where}: '{name}' has {len(value)} steps but the row's key says steps = {steps}; "
+                                   "regenerate the file with `sri signal`")
                 if length is None:
                     length = len(value)
                 elif len(value) != length:

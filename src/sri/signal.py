@@ -164,10 +164,21 @@ class Anchors:
         return cls(split["harmless"], split["harmful"], key, info, meta["tau"], meta["eps"])
 
 
-def fit_anchors(harmless: TraceStore, harmful: TraceStore, *, judge: Callable[[str], bool] = is_refusal,
-                layers: list[int] | None = None) -> Anchors:
+def _store(store: TraceStore | str | Path, what: str) -> TraceStore:
+    """An open :class:`TraceStore` for a trace folder given as a path or a store; :class:`SriError` otherwise."""
+    if isinstance(store, str | Path):
+        return TraceStore.open(store)
+    if not isinstance(store, TraceStore):
+        raise SriError(f"the {what} must be a trace folder (a path or a TraceStore), not {type(store).__name__}")
+    return store
+
+
+def fit_anchors(harmless: TraceStore | str | Path, harmful: TraceStore | str | Path, *,
+                judge: Callable[[str], bool] = is_refusal, layers: list[int] | None = None) -> Anchors:
     """μ_t^harmless = mean φ_t over harmless traces the judge does *not* call refusals; μ_t^harmful = mean φ_t
-    over harmful traces it *does*. Fails loudly if either set is empty or the folders are incompatible."""
+    over harmful traces it *does*. Fails loudly if either set is empty or the folders are incompatible. The trace
+    folders may be given as paths or open :class:`TraceStore` objects."""
+    harmless, harmful = _store(harmless, "harmless"), _store(harmful, "harmful")
     check_compatible(harmless.key, harmful.key, f"harmless traces {harmless.folder}",
                      f"harmful traces {harmful.folder}")
     layers = layers or [layer for layer in harmless.layers if layer in harmful.layers]
@@ -204,10 +215,7 @@ def fit_anchors(harmless: TraceStore, harmful: TraceStore, *, judge: Callable[[s
 def compute_signals(anchors: Anchors, store: TraceStore | str | Path, layer: int | None = None) -> list[dict[str, Any]]:
     """One row per trace: id, label, prompt, response, refused, sri (T floats), text_signal, and the key: the traces'
     key fields, the signal's layer and the anchors' :attr:`Anchors.digest`."""
-    if isinstance(store, str | Path):
-        store = TraceStore.open(store)
-    if not isinstance(store, TraceStore):
-        raise SriError(f"compute_signals reads a trace folder (a path or a TraceStore), not {type(store).__name__}")
+    store = _store(store, "traces")
     check_compatible(anchors.key, store.key, "anchors", f"traces {store.folder}", KEY_FIELDS)
     layers = [layer_ for layer_ in anchors.layers if layer_ in store.layers]
     if not layers:

@@ -10,7 +10,7 @@ import yaml
 from rich.table import Table
 
 from ..errors import SriError, clip
-from ..io import check_not_input, check_output_dir, check_output_file, check_user_file
+from ..io import check_not_input, check_output_dir, check_user_file
 from ..stats.bootstrap import MAX_RESAMPLES
 from .app import POSITIVE, SEED, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out
 
@@ -252,10 +252,12 @@ def _check_run_outputs(run_dir: Path, *names: str) -> None:
     name ending in '/', by files)."""
     check_output_dir(run_dir, "RUN_DIR")  # its own outputs: may sit in a run folder
     for name in names:
-        if name.endswith("/"):
-            check_output_dir(run_dir / name, "RUN_DIR's")
-        else:
-            check_output_file(run_dir / name, "RUN_DIR's", suffix=Path(name).suffix)
+        path = run_dir / name.rstrip("/")
+        folder = name.endswith("/")
+        if path.exists() and (path.is_dir() != folder or not (path.is_dir() or path.is_file())):
+            kind = "a folder" if path.is_dir() else "a file" if path.is_file() else "not a regular file"
+            raise SriError(f"{path} is {kind}, but sri writes its {name} there as a "
+                           f"{'folder' if folder else 'file'}; move it aside or remove it, then run again")
 
 
 def _print_analysis(result: dict[str, Any]) -> None:

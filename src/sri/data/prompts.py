@@ -53,6 +53,9 @@ def load_prompts(
     slices of one shuffled set (e.g. anchor prompts vs evaluation prompts) never overlap. A ``label`` given must
     be visible text (:class:`SriError` otherwise).
     """
+    for name, value in (("max_prompts", max_prompts), ("offset", offset), ("shuffle_seed", shuffle_seed)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise SriError(f"{name} must be a whole number (got {value!r})")
     if max_prompts is not None and max_prompts < 1:
         raise SriError(f"max_prompts must be ≥ 1 (got {max_prompts}); leave it out for every prompt")
     if offset < 0:

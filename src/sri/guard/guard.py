@@ -96,7 +96,7 @@ class Guard:
     # ------------------------------------------------------------------------------------------ offline use
     def score(self, signals: np.ndarray) -> np.ndarray:
         """Full-signal anomaly scores ``[N]`` of signals ``[N, T]``."""
-        return self.detector.score(signals)
+        return self.detector.score(_sigmas(signals))
 
     def flag(self, signals: np.ndarray) -> np.ndarray:
         """True where the full-signal score exceeds the threshold."""
@@ -104,7 +104,7 @@ class Guard:
 
     def prefix_scores(self, signals: np.ndarray) -> dict[int, np.ndarray]:
         """Score of every streaming prefix: ``{t: score of σ_1..σ_t}``."""
-        x = np.asarray(signals, dtype=np.float64)
+        x = _sigmas(signals)
         return {t: self.detectors[t].score(x[:, :t]) for t in self.prefixes}
 
     def first_flag(self, signals: np.ndarray) -> np.ndarray:
@@ -112,7 +112,7 @@ class Guard:
         when it watches these signals step by step."""
         if not self.stream_thresholds:
             raise SriError("this guard was fitted without streaming detectors; refit with --stream union")
-        x = np.asarray(signals, dtype=np.float64)
+        x = _sigmas(signals)
         first = np.zeros(len(x), dtype=np.int64)
         for t, s in self.prefix_scores(x).items():
             hit = (s > self.stream_thresholds[t]) & (first == 0)
@@ -428,6 +428,18 @@ def _first(scores: dict[int, np.ndarray], thresholds: dict[int, float]) -> np.nd
         hit = (scores[t] > thresholds[t]) & (first == 0)
         first[hit] = t
     return first
+
+
+def _sigmas(signals: np.ndarray) -> np.ndarray:
+    """``signals`` as float64 ``[N, T]``; :class:`SriError` for values that are no SRI signal (σ_t ∈ [0, 1])."""
+    x = np.asarray(signals, dtype=np.float64)
+    finite = np.isfinite(x)
+    if not finite.all() or (x.size and not ((x >= 0) & (x <= 1)).all()):
+        shown = "NaN or infinite values" if not finite.all() else f"values outside [0, 1] (min {x.min():.4g}, max " \
+                f"{x.max():.4g})"
+        raise SriError(f"signals contain {shown}, where every SRI signal lies in [0, 1]; recompute them with "
+                       "`sri signal`")
+    return x
 
 
 def _anchors_for(anchors: Anchors, key: dict[str, Any]) -> StepAnchors:

@@ -54,9 +54,17 @@ def claim_folder(run_dir: Path, cfg: RunConfig, text: str, log: Callable[[str], 
         if old != cfg:
             write_text_atomic(saved, text)
         return
-    if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
-        raise SriError(f"{run_dir} exists and is not a run folder; choose an empty or new --out folder")
+    check_run_folder(run_dir)
     write_text_atomic(saved, text)
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """Refuse a folder that is neither new, empty nor a run folder (no ``config.yaml``), without writing: called
+    before the writer lock is taken too, so a refused folder does not get a lock file."""
+    if (run_dir / "config.yaml").is_file():
+        return
+    if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+        raise SriError(f"{run_dir} exists and is not a run folder; choose an empty or new --out folder")
 
 
 class Run:

@@ -48,13 +48,14 @@ def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progre
     run_dir = Path(out) if out is not None else Path("results") / cfg.name
     check_output_dir(run_dir)
     from . import stages
-    from .context import claim_folder
+    from .context import check_run_folder, claim_folder
 
     sets = stages.prompts(cfg)  # 1. every prompt set (validated before the folder is claimed)
     preflight(cfg)
     if require_guard and cfg.guard is None:  # `sri eval`: an evaluation of the guard without a guard
         raise SriError(f"the config of run '{cfg.name}' has no guard: section, so `sri eval` would evaluate no guard; "
                        "add one (see configs/guard_eval.yaml) or run it with `sri run`")
+    check_run_folder(run_dir)  # before the lock: a refused folder gets no lock file
     with folder_lock(run_dir):  # one writer per run folder
         claim_folder(run_dir, cfg, text, log)
         if cfg.samplers:
