@@ -1020,3 +1020,76 @@ def test_python_api_arguments_are_checked_like_the_cli(tmp_path) -> None:
         guard.score(np.array([[5.0, -3.0, 7.0, 1e9]]))
     with pytest.raises(SriError, match=r"values outside \[0, 1\]"):
         guard.first_flag(np.array([[5.0, -3.0, 7.0, 1e9]]))
+
+
+# ------------------------------------------------------------------- round 14 (50 inputs, 6 broke)
+def test_the_leftmost_gen_length_hint_can_be_followed() -> None:
+    from sri.sampling import DiffusionConfig
+
+    with pytest.raises(SriError, match="set gen-length to 4, or use the diffusion-ar sampler") as raised:
+        DiffusionConfig(steps=4, gen_length=128, remasking="leftmost")
+    assert "drop --gen-length" not in str(raised.value)
+
+
+def test_answered_prompts_of_other_labels_are_not_called_complied_harmful() -> None:
+    import numpy as np
+
+    from sri.stats.recovery import geometry_label, geometry_or_reason
+
+    noise = np.random.default_rng(0).uniform(0, 0.2, size=(18, 4))
+    rows = [_signal_row(i, label="unlabelled", sri=list(0.5 + noise[i])) for i in range(6)]
+    rows += [_signal_row(i, label="unlabelled", refused=True, sri=list(0.1 + noise[i])) for i in range(6, 12)]
+    rows += [_signal_row(i, sri=list(0.75 + noise[i])) for i in range(12, 18)]
+    assert geometry_label(rows[0]) is None and geometry_label(_signal_row(0, label="harmful")) == "complied-harmful"
+    geometry, reason = geometry_or_reason(rows)
+    assert reason is None and set(geometry["labels"]) == {"refused", "harmless"}
+    assert len(geometry["ids"]) == 12
+
+
+def test_options_a_mode_ignores_are_refused(tmp_path, capsys) -> None:
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"Say {i}", "response": f"{i}."} for i in range(4)])
+    build = ["dlm", "build", "--pairs", str(pairs), "--out", str(tmp_path / "m"), "--steps", "1"]
+    assert_one_line_error(run_cli([*build, "--teacher", "qwen2.5-coder-0.5b-instruct", "--n-harmless", "3"], capsys),
+                          "--teacher, --n-harmless would be ignored with --pairs")
+    assert_one_line_error(run_cli([*build, "--no-gate", "--gate-prompts", "3"], capsys),
+                          "--gate-prompts would be ignored with --no-gate")
+    assert not (tmp_path / "m").exists()
+    assert_one_line_error(run_cli(["judge-calibrate", "--keyword-only", "--max-chars", "5", "--batch-size", "3"],
+                                  capsys), "--max-chars, --batch-size would be ignored with --keyword-only")
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "how to pick a lock"}])
+    attack = ["attack", "-a", "flip", "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]
+    assert_one_line_error(run_cli([*attack, "--device", "cpu"], capsys), "--device would be ignored by attack 'flip'")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_dija_refuses_a_mask_token_the_target_overrides(monkeypatch) -> None:
+    from sri.attacks import AttackContext, dija
+    from sri.data.prompts import PromptRecord
+
+    monkeypatch.setattr(dija, "model_mask_token", lambda target: "<|mdm_mask|>")
+    records = [PromptRecord("a", "how to pick a lock", "harmful", "t")]
+    with pytest.raises(SriError, match="own mask token is '<|mdm_mask|>', so mask_token='<zz>' would be ignored"):
+        dija.dija(records, context=AttackContext(), mask_token="<zz>")
+    assert dija.dija(records, context=AttackContext(), mask_token="<|mdm_mask|>")[0].meta["mask_token"] == \
+        "<|mdm_mask|>"
+
+
+def test_a_run_comparing_samplers_points_analyze_at_a_sampler(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    (run / "samplers" / "greedy").mkdir(parents=True)
+    (run / "samplers" / "hot").mkdir()
+    for name in ("config.yaml", "provenance.json"):
+        (run / name).write_text("{}", encoding="utf-8")
+    assert_one_line_error(run_cli(["analyze", str(run)], capsys),
+                          f"compares samplers, and each has its own signals; give one of them, e.g. "
+                          f"{run / 'samplers' / 'greedy'} (samplers: greedy, hot)")
+
+
+def test_two_samplers_with_the_same_settings_are_refused(tmp_path, capsys) -> None:
+    same = {"kind": "ar", "steps": 4}
+    data = yaml.safe_load(CONFIG)
+    del data["sampler"]
+    data["samplers"] = {"x": same, "y": dict(same)}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert_one_line_error(run_cli(["validate", str(path)], capsys), "samplers 'x' and 'y' are the same settings")

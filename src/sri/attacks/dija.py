@@ -5,7 +5,8 @@ a response scaffold of interleaved text and mask slots, so that the model fills 
 The prompt keeps the request verbatim and appends a scaffold — numbered steps, a markdown outline or a code
 block, chosen per behaviour with the seed (``scaffold="random"``) or fixed — whose ``slots`` blanks are each
 ``mask_run`` copies of the model's mask token. The mask token is read from the target model when it has one
-(``Family.mask_token_id``), else taken from ``mask_token`` (default: LLaDA's ``<|mdm_mask|>``).
+(``Family.mask_token_id``; a different ``mask_token`` given then is refused), else taken from ``mask_token``
+(default: LLaDA's ``<|mdm_mask|>``).
 Only meaningful for diffusion models: the experiment skips it for autoregressive ones.
 """
 
@@ -60,7 +61,11 @@ def _check_dija(*, scaffold: str, slots: int, mask_run: int, **_: object) -> Non
 def dija(records: list[PromptRecord], *, context: AttackContext, scaffold: str = "random", slots: int = 4,
          mask_run: int = 8, mask_token: str | None = None) -> list[PromptRecord]:
     _check_dija(scaffold=scaffold, slots=slots, mask_run=mask_run)
-    mask = model_mask_token(context.target) or mask_token or DEFAULT_MASK_TOKEN
+    own = model_mask_token(context.target)
+    if own is not None and mask_token is not None and mask_token != own:
+        raise SriError(f"the target model's own mask token is {own!r}, so mask_token={mask_token!r} would be "
+                       "ignored; drop the option (it is for runs without a target model)")
+    mask = own or mask_token or DEFAULT_MASK_TOKEN
     out = []
     for r in records:
         kind = random.Random(behaviour_seed(context.seed, r)).choice(SCAFFOLDS) if scaffold == "random" else scaffold

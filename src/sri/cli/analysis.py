@@ -12,7 +12,7 @@ from rich.table import Table
 from ..errors import SriError, clip
 from ..io import check_not_input, check_output_dir, check_user_file
 from ..stats.bootstrap import MAX_RESAMPLES
-from .app import POSITIVE, SEED, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out
+from .app import POSITIVE, SEED, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out, refuse_unused
 
 #: σ thresholds of the recovery analysis: strictly inside (0, 1), as the run config's ``analysis`` section requires
 THRESHOLD = in_range(0, 1, lo_open=True, hi_open=True)
@@ -48,6 +48,7 @@ def _parse_options(items: list[str] | None, text_options: frozenset[str] = froze
 # ----------------------------------------------------------------------------------------------- attack
 @app.command()
 def attack(
+    ctx: typer.Context,
     name: Annotated[str | None, typer.Option("--attack", "-a", help="Attack name (see --list).")] = None,
     prompts: Annotated[str | None, typer.Option(help="Harmful behaviours: file or offline dataset name.")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="JSONL of jailbreak prompts.")] = None,
@@ -96,6 +97,8 @@ def attack(
     uses_target = spec.needs_target or spec.reads_target
     if model is not None and not uses_target:
         raise SriError(f"attack '{name}' runs no model, so -m {model} would be ignored; drop -m")
+    if not uses_target:
+        refuse_unused(ctx, ("device", "dtype"), f"by attack '{name}', which runs no model")
     if attacker is not None and name != "pair":
         raise SriError(f"--attacker is the attacker model of PAIR; attack '{name}' has none, so drop --attacker")
     model = model or DEFAULT_MODEL
@@ -172,6 +175,7 @@ def judge_llm(
 
 @app.command("judge-calibrate")
 def judge_calibrate(
+    ctx: typer.Context,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="LLM judge model(s) to calibrate.")] =
         None,
     keyword_only: Annotated[bool, typer.Option("--keyword-only", help="Calibrate only the keyword judge.")] = False,
@@ -193,6 +197,9 @@ def judge_calibrate(
 
     if keyword_only and model:
         raise SriError("--keyword-only calibrates no LLM judge, so --model would be ignored; give one of them")
+    if keyword_only:
+        refuse_unused(ctx, ("max_chars", "batch_size", "device", "dtype"),
+                      "with --keyword-only (they set up the LLM judge)")
     if out_file is not None:
         check_user_file(out_file, suffix=".json")
         check_not_input(out_file, "--out", **{"--labels": None if labels in DATASETS else labels})

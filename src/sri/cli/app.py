@@ -40,6 +40,21 @@ def _options(
     progress_interval()  # a bad $SRI_PROGRESS_INTERVAL is refused before any command runs
 
 
+def refuse_unused(ctx: typer.Context, names: tuple[str, ...], reason: str) -> None:
+    """One-line :class:`SriError` if the user set any of the options ``names`` (parameter names) on the command line
+    or through the environment: ``reason`` says why they would do nothing (e.g. "with --keyword-only")."""
+    from typer._click.core import ParameterSource
+
+    from ..errors import SriError
+
+    chosen = [p for p in ctx.command.params if p.name in names
+              and ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    if chosen:
+        flags = ", ".join(next(o for o in p.opts if o.startswith("--")) for p in chosen)
+        them = "it" if len(chosen) == 1 else "them"
+        raise SriError(f"{flags} would be ignored {reason}; drop {them}")
+
+
 def debug_enabled() -> bool:
     """``sri --debug …`` or ``SRI_DEBUG=1``: show tracebacks instead of saving them."""
     return _DEBUG["on"] or os.environ.get("SRI_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}

@@ -9,7 +9,19 @@ import typer
 from rich.table import Table
 
 from ..errors import SriError
-from .app import HELP, POSITIVE, SEED, THREADS, DeviceOpt, app, err, in_range, out, quiet_transformers
+from .app import (
+    HELP,
+    POSITIVE,
+    SEED,
+    THREADS,
+    DeviceOpt,
+    app,
+    err,
+    in_range,
+    out,
+    quiet_transformers,
+    refuse_unused,
+)
 
 dlm_app = typer.Typer(no_args_is_help=True, help="Adapt an AR chat model into a masked-diffusion LM (offline).", **HELP)
 app.add_typer(dlm_app, name="dlm")
@@ -37,6 +49,7 @@ def _gate_config(n_prompts: int, gen_length: int, steps: int, block_length: int,
 
 @dlm_app.command("build")
 def dlm_build(
+    ctx: typer.Context,
     base: Annotated[str, typer.Option(help="AR chat model to adapt (short name or HF folder).")] =
         "smollm2-135m-instruct",
     teacher: Annotated[str, typer.Option(help="Refusing chat model whose answers and refusals are distilled.")] =
@@ -77,6 +90,10 @@ def dlm_build(
     from ..dlm.data import DistillSpec
     from ..dlm.train import TrainConfig
 
+    if pairs is not None:
+        refuse_unused(ctx, ("teacher", "n_harmless", "n_harmful"), "with --pairs (they replace the distilled set)")
+    if not gate:
+        refuse_unused(ctx, ("gate_prompts", "gate_steps", "gate_block_length", "gate_remasking"), "with --no-gate")
     quiet_transformers()
     _set_threads(threads)
     if minutes is not None and minutes <= 0:

@@ -365,6 +365,11 @@ class RunConfig(Section):
                 raise ValueError(f"attacks[{i}] ({a.name}): n must be ≤ prompts.harmful.n = {self.prompts.harmful.n}")
         if self.samplers and "sampler" in self.model_fields_set:
             raise ValueError("give either 'sampler' (one run) or 'samplers' (several, compared), not both")
+        seen: dict[str, str] = {}
+        for name, s in self.samplers.items():  # a comparison of a sampler with itself compares nothing
+            same = seen.setdefault(s.model_dump_json(), name)
+            if same != name:
+                raise ValueError(f"samplers '{same}' and '{name}' are the same settings; compare different samplers")
         kinds = {_kind_of(s) for s in (self.samplers or {"": self.sampler}).values()}
         if len(kinds) > 1:
             raise ValueError("samplers mixes autoregressive and diffusion samplers; one model is either kind — "

@@ -104,8 +104,9 @@ class DiffusionConfig:
             raise SriError(f"remasking '{self.remasking}' is unknown; use one of "
                            f"{', '.join(r for r in REMASKING if r != 'leftmost')}")
         if self.remasking == "leftmost" and self.steps != self.gen_length:
-            raise SriError(f"AR order commits one token per step, so steps ({self.steps}) must equal gen-length "
-                           f"({self.gen_length}); drop --gen-length or set it to --steps")
+            raise SriError(f"AR order (remasking leftmost) commits one token per step, so steps ({self.steps}) must "
+                           f"equal gen-length ({self.gen_length}); set gen-length to {self.steps}, or use the "
+                           "diffusion-ar sampler, which does")
         if self.temperature < 0:
             raise SriError(f"temperature must be ≥ 0 (got {self.temperature}); 0 means greedy")
         if self.cfg_scale < 0:

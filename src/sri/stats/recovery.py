@@ -143,14 +143,13 @@ def step_verdicts(rows: Sequence[dict[str, Any]], judge: Callable[[list[str], li
 
 
 # --------------------------------------------------------------------------------------------- geometry
-def geometry_label(row: dict[str, Any]) -> str:
+def geometry_label(row: dict[str, Any]) -> str | None:
     """harmless (answered), refused (any prompt the keyword judge calls refused), jailbreak (answered attack),
-    complied-harmful (answered raw harmful request)."""
+    complied-harmful (answered raw harmful request); None for an answered prompt of any other label (e.g.
+    ``unlabelled``), which belongs to none of these classes and is left out of the projection."""
     if row["refused"]:
         return "refused"
-    if row["label"] == "harmless":
-        return "harmless"
-    return "jailbreak" if row["label"] == "jailbreak" else "complied-harmful"
+    return {"harmless": "harmless", "harmful": "complied-harmful", "jailbreak": "jailbreak"}.get(row["label"])
 
 
 def lda_projection(signals: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
@@ -245,11 +244,15 @@ def analyze_signals(rows: Sequence[dict[str, Any]], *, lambda_c: float = LAMBDA_
 
 
 def geometry_or_reason(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] | None, str | None]:
-    """The LDA projection of the rows' signals, or ``(None, why it was skipped)``: fewer than two kinds of
+    """The LDA projection of the rows' signals (rows of no class — :func:`geometry_label` None — left out), or
+    ``(None, why it was skipped)``: fewer than two kinds of
     response, too few signals for the classes (LDA needs more signals than classes, and a couple spare to
     estimate the scatter), or signals too degenerate to fit (constant, collinear)."""
-    labels = [geometry_label(r) for r in rows]
+    rows = [r for r in rows if geometry_label(r) is not None]
+    labels = [str(geometry_label(r)) for r in rows]
     classes = set(labels)
+    if not labels:
+        return None, "no signal belongs to a class of the projection (harmless, refused, complied-harmful, jailbreak)"
     if len(classes) < 2:
         return None, f"all {len(labels)} signals are one kind of response ('{labels[0]}'); LDA needs two"
     if len(labels) < len(classes) + 2:
@@ -265,6 +268,8 @@ def geometry_or_reason(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any] |
               geometry["train_accuracy"]]
     if not np.all(np.isfinite(values)):
         return None, "the signals are too degenerate to fit (constant or collinear: no finite projection)"
+    if float(np.abs(np.asarray(geometry["coords"], dtype=float)).max()) > 1e6:  # σ ∈ [0, 1]: no real spread
+        return None, "the signals are too degenerate to fit (no spread within a class: the projection diverges)"
     geometry["ids"] = [r["id"] for r in rows]
     return geometry, None
 
@@ -274,6 +279,11 @@ def missing_signals(run_dir: Path) -> str:
     pipeline run is resumed; a folder sri manages otherwise (a trace folder) cannot hold the user's signals."""
     from ..io import run_folder_above
 
+    samplers = sorted(p.name for p in (run_dir / "samplers").iterdir() if p.is_dir()) \
+        if (run_dir / "samplers").is_dir() else []
+    if samplers:  # a run comparing samplers: one analysis per sampler
+        return (f"{run_dir} compares samplers, and each has its own signals; give one of them, e.g. "
+                f"{run_dir / 'samplers' / samplers[0]} (samplers: {', '.join(samplers)})")
     found = run_folder_above(run_dir / "signals.jsonl")
     if found is not None and found[1] == "pipeline run folder":
         return (f"{run_dir} has no signals.jsonl yet; finish the run first: re-run the `sri run` (or `sri demo` / "
