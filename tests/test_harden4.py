@@ -1093,3 +1093,36 @@ def test_two_samplers_with_the_same_settings_are_refused(tmp_path, capsys) -> No
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     assert_one_line_error(run_cli(["validate", str(path)], capsys), "samplers 'x' and 'y' are the same settings")
+
+
+def test_greedy_tracing_refuses_sampling_options(tmp_path, capsys) -> None:
+    base = ["trace", "-m", "smollm2-135m-instruct", "--prompts", "harmless", "--out", str(tmp_path / "t")]
+    assert_one_line_error(run_cli([*base, "--top-k", "5", "--seed", "3"], capsys),
+                          "--seed, --top-k would be ignored by greedy decoding (--temperature 0)")
+    assert not (tmp_path / "t").exists()
+
+
+# ------------------------------------------------------------------- round 15 (50 inputs, 4 broke)
+def test_dlm_gate_refuses_ar_order_as_its_diffusion_side(tmp_path) -> None:
+    from sri.dlm.gate import GateConfig
+
+    with pytest.raises(SriError, match="remasking leftmost is AR order, so choose low_confidence"):
+        GateConfig(gen_length=2, steps=2, block_length=2, remasking="leftmost")
+
+
+def test_llm_judge_settings_with_no_llm_judge_are_refused(tmp_path, capsys) -> None:
+    cfg = _config(tmp_path, **{"judge.threshold": 0.3})  # CONFIG has judge: {model: none}
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys),
+                          "threshold set up the LLM judge, and model: none runs none")
+
+
+def test_fit_anchors_refuses_one_folder_on_both_sides(tiny_llama, tmp_path) -> None:
+    from sri.data.prompts import PromptRecord
+    from sri.sampling import ARConfig
+    from sri.signal import fit_anchors
+    from sri.tracing.tracer import trace_prompts
+
+    trace_prompts(tiny_llama, [PromptRecord("a", "hello", "harmless", "t")], tmp_path / "t",
+                  sampler=ARConfig(steps=2), progress=False)
+    with pytest.raises(SriError, match="the harmless and harmful traces are the same folder"):
+        fit_anchors(tmp_path / "t", str(tmp_path / "t" / "."))

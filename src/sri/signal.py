@@ -179,6 +179,9 @@ def fit_anchors(harmless: TraceStore | str | Path, harmful: TraceStore | str | P
     over harmful traces it *does*. Fails loudly if either set is empty or the folders are incompatible. The trace
     folders may be given as paths or open :class:`TraceStore` objects."""
     harmless, harmful = _store(harmless, "harmless"), _store(harmful, "harmful")
+    if harmless.folder.resolve() == harmful.folder.resolve():
+        raise SriError(f"the harmless and harmful traces are the same folder ({harmless.folder}); give the traces of "
+                       "harmless prompts and of harmful prompts")
     check_compatible(harmless.key, harmful.key, f"harmless traces {harmless.folder}",
                      f"harmful traces {harmful.folder}")
     layers = layers or [layer for layer in harmless.layers if layer in harmful.layers]

@@ -25,6 +25,7 @@ from .app import (
     load_adapter,
     out,
     quiet_transformers,
+    refuse_unused,
 )
 
 assets_app = typer.Typer(no_args_is_help=True,
@@ -106,6 +107,7 @@ def assets_verify(
 # ----------------------------------------------------------------------------------------------- trace
 @app.command()
 def trace(
+    ctx: typer.Context,
     prompts: Annotated[str, typer.Option(help="JSONL/CSV/TXT prompt file or offline dataset name.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Trace folder (re-running resumes it).")],
     model: ModelOpt = "qwen2.5-coder-0.5b-instruct",
@@ -203,6 +205,8 @@ def trace(
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise SriError(f"{', '.join(given)} only {verb} to --sampler diffusion or diffusion-ar")
+        if temperature == 0:  # greedy decoding draws nothing: the sampling options change no token
+            refuse_unused(ctx, ("top_k", "top_p", "seed"), "by greedy decoding (--temperature 0)")
         config: ARConfig | DiffusionConfig = ARConfig(steps=steps, temperature=temperature, top_k=top_k,
                                                       top_p=top_p, seed=seed)
         model_options: dict = {"trust_remote_code": trust_remote_code}
@@ -336,7 +340,7 @@ def anchors(
     check_user_file(out_file.with_suffix(".json"), "--out's description", suffix=".json")
     for path, option in ((out_file, "--out"), (out_file.with_suffix(".json"), "--out's description")):
         check_not_input(path, option, **{"--harmless": harmless, "--harmful": harmful})
-    if harmless.resolve() == harmful.resolve():
+    if harmless.resolve() == harmful.resolve():  # also refused by fit_anchors; named by option here
         raise SriError(f"--harmless {harmless} and --harmful {harmful} are the same folder; give the traces of "
                        "harmless prompts and of harmful prompts")
     fitted = fit_anchors(TraceStore.open(harmless), TraceStore.open(harmful))

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..errors import SriError
 from ..judges.keyword import is_refusal
 from ..models.adapter import ModelAdapter, left_padded_positions
 from ..models.masked import DiffusionAdapter
@@ -55,6 +56,11 @@ class GateConfig:
     min_answer: float = 0.8
     max_ppl_ratio: float = 1.5
     base_reference: bool = True
+
+    def __post_init__(self) -> None:
+        if self.remasking == "leftmost":  # the gate runs AR order itself, as the baseline diffusion is compared with
+            raise SriError("the gate compares diffusion sampling with AR order, which it runs on its own; remasking "
+                           "leftmost is AR order, so choose low_confidence, random, margin or entropy")
 
     def diffusion(self) -> DiffusionConfig:
         """LLaDA's semi-autoregressive schedule (blocks, sri's remasking names), whatever the family's default."""

@@ -211,6 +211,15 @@ class Judge(Section):
     threshold: Annotated[float, Field(ge=0, lt=1)] = 0.5
     hrr_stride: PositiveInt = 4
 
+    @model_validator(mode="after")
+    def _llm_settings_need_an_llm(self) -> Judge:
+        unused = sorted(self.model_fields_set - {"model"})
+        if self.model.lower() == "none" and unused:
+            raise ValueError(f"{', '.join(unused)} set up the LLM judge, and model: none runs none (keyword judge "
+                             "only); drop them (from the command line: --set 'judge={model: none}') or name a judge "
+                             "model")
+        return self
+
 
 class GuardSection(Section):
     """SRI Guard, fitted on ``prompts.guard_fit`` and calibrated on ``prompts.guard_calibrate`` (benign only)."""
