@@ -1126,3 +1126,46 @@ def test_fit_anchors_refuses_one_folder_on_both_sides(tiny_llama, tmp_path) -> N
                   sampler=ARConfig(steps=2), progress=False)
     with pytest.raises(SriError, match="the harmless and harmful traces are the same folder"):
         fit_anchors(tmp_path / "t", str(tmp_path / "t" / "."))
+
+
+# ------------------------------------------------------------------- round 16 (50 inputs, 5 kinds broke)
+@pytest.mark.parametrize("slot, dataset, clash", [("prompts.guard_fit", "advbench", "'harmful'"),
+                                                 ("prompts.harmless", "harmbench", "'harmful'"),
+                                                 ("prompts.harmful", "harmless", "'harmless'")])
+def test_a_prompt_set_never_relabels_rows_against_their_own_label(tmp_path, capsys, slot, dataset, clash) -> None:
+    changes = {f"{slot}": {"dataset": dataset, "n": 2}}
+    if slot == "prompts.guard_fit":
+        changes |= {"prompts.guard_calibrate": {"dataset": "harmless", "n": 2}, "guard": {"detector": "knn"}}
+    cfg = _config(tmp_path, **changes)
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), f"{dataset} holds prompts labelled {clash}")
+    out = tmp_path / "run"
+    assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(out)], capsys), "holds prompts labelled")
+    assert not out.exists()
+
+
+def test_defense_options_need_their_defense(tmp_path, capsys) -> None:
+    guard = {"prompts.guard_fit": {"dataset": "harmless", "n": 2}, "prompts.guard_calibrate": {"dataset": "harmless",
+                                                                                              "n": 2},
+             "guard": {"detector": "knn"}}
+    for defenses, match in (({"names": ["ppl-filter"], "smoothllm_copies": 5}, "smoothllm_copies set up smoothllm"),
+                            ({"names": ["ppl-filter"], "llm_guard_model": "smollm2-135m-instruct"},
+                             "llm_guard_model set up llm-guard")):
+        cfg = _config(tmp_path, defenses=defenses, **guard)
+        assert_one_line_error(run_cli(["validate", str(cfg)], capsys), match)
+
+
+def test_seeds_and_fields_that_change_nothing_are_refused(tmp_path, capsys) -> None:
+    assert_one_line_error(run_cli(["judge", "I'm sorry", "--field", "prompt"], capsys),
+                          "--field would be ignored for texts given on the command line")
+    fit = _write_jsonl(tmp_path / "fit.jsonl", [_signal_row(i) for i in range(8)])
+    cal = _write_jsonl(tmp_path / "cal.jsonl", [_signal_row(i) for i in range(8, 12)])
+    base = ["guard", "fit", "--benign", str(fit), "--calibrate", str(cal), "--out", str(tmp_path / "g")]
+    assert_one_line_error(run_cli([*base, "--detector", "knn", "--seed", "7"], capsys),
+                          "--seed would be ignored by the knn detector")
+    assert not (tmp_path / "g").exists()
+    assert run_cli([*base, "--detector", "iforest", "--seed", "7", "--stream", "off"], capsys).code == 0
+    run = tmp_path / "r"
+    run.mkdir()
+    _write_jsonl(run / "signals.jsonl", [_signal_row(i) for i in range(6)])
+    assert_one_line_error(run_cli(["analyze", str(run), "--bootstrap", "0", "--seed", "5"], capsys),
+                          "--seed would be ignored with --bootstrap 0")

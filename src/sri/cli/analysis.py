@@ -232,6 +232,7 @@ def judge_calibrate(
 # ----------------------------------------------------------------------------------------------- analysis
 @app.command()
 def analyze(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="Folder with signals.jsonl (from `sri run`, `sri demo`, …).")],
     lambda_c: Annotated[float, typer.Option(callback=THRESHOLD, help="λ_c: 'was compliant' threshold.")] = 0.5,
     lambda_r: Annotated[list[float] | None, typer.Option(
@@ -245,6 +246,8 @@ def analyze(
     """Recovery metrics (RR, ASR, IRR, incomplete-recovery flags, HRR/FRR) with bootstrap CIs, and LDA."""
     from ..stats.recovery import LAMBDA_R, analyze_run
 
+    if bootstrap == 0:
+        refuse_unused(ctx, ("seed",), "with --bootstrap 0 (no resampling)")
     _check_run_outputs(run_dir, "analysis.json", "flags.jsonl")
     result = analyze_run(run_dir, lambda_c=lambda_c, lambda_r=lambda_r or list(LAMBDA_R), lambda_dip=lambda_dip,
                          resamples=bootstrap, seed=seed)

@@ -279,6 +279,7 @@ def trace(
 # ----------------------------------------------------------------------------------------------- judge
 @app.command()
 def judge(
+    ctx: typer.Context,
     text: Annotated[list[str] | None, typer.Argument(help="Texts to judge.")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", help="JSONL file (or trace folder) to judge.")] = None,
     field: Annotated[str, typer.Option(help="Field holding the text in --input rows.")] = "response",
@@ -295,6 +296,8 @@ def judge(
         raise SriError("give either texts to judge or --input FILE, not both (judge them in two commands)")
     if text and out_file is not None:
         raise SriError("--out writes the judged rows of --input; for texts given on the command line drop --out")
+    if text:
+        refuse_unused(ctx, ("field",), "for texts given on the command line (it names the text field of --input rows)")
     for i, t in enumerate(text or [], 1):
         check_text(t, f"text {i}")
         if is_blank(t):

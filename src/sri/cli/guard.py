@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..io import check_not_input, check_user_dir, check_user_file, read_signal_rows
-from .app import HELP, POSITIVE, SEED, app, err, in_range, out
+from .app import HELP, POSITIVE, SEED, app, err, in_range, out, refuse_unused
 
 #: what the guard reads of a signal row (labels are optional: benign-only checks use them when present)
 GUARD_FIELDS = ("id", "sri", "key")
@@ -21,6 +21,7 @@ app.add_typer(guard_app, name="guard")
 
 @guard_app.command("fit")
 def guard_fit(
+    ctx: typer.Context,
     benign: Annotated[Path, typer.Option(help="Signals JSONL (`sri signal`) of benign prompts to fit on.")],
     calibrate: Annotated[Path, typer.Option(help="Signals JSONL of other, held-out benign prompts.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Guard folder to write.")],
@@ -42,8 +43,11 @@ def guard_fit(
 ) -> None:
     """Fit SRI Guard on benign signals only; threshold on held-out benign signals."""
     from ..guard import fit_guard
+    from ..guard.detectors import DETECTORS
     from ..signal import Anchors
 
+    if not DETECTORS[detector].seeded:  # an unknown name: a did-you-mean error
+        refuse_unused(ctx, ("seed",), f"by the {detector} detector, which draws no random numbers")
     check_user_dir(out_dir)
     for name in ("guard.json", "guard.safetensors"):
         check_not_input(out_dir / name, "--out", **{"--benign": benign, "--calibrate": calibrate, "--anchors": anchors})

@@ -42,6 +42,9 @@ class Detector(ABC):
 
     kind: ClassVar[str]
 
+    #: whether fitting draws random numbers (so ``seed`` changes the detector)
+    seeded: bool = True
+
     def __init__(self, seed: int = 0, **params: Any) -> None:
         self.seed = seed
         self.params = params
@@ -171,6 +174,7 @@ class MahalanobisDetector(Detector):
     """Squared Mahalanobis distance to the benign mean under the Ledoit-Wolf covariance."""
 
     kind = "mahalanobis"
+    seeded = False
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)
@@ -199,6 +203,7 @@ class KNNDetector(Detector):
     the k used is the one recorded)."""
 
     kind = "knn"
+    seeded = False
 
     def __init__(self, seed: int = 0, k: int = 5) -> None:
         super().__init__(seed, k=k)
@@ -226,6 +231,7 @@ class OneClassSVMDetector(Detector):
     """RBF one-class SVM; score = −f(x) with f(x) = Σ_i α_i K(x, s_i) + ρ, K(x, s) = exp(−γ‖x − s‖²)."""
 
     kind = "ocsvm"
+    seeded = False
 
     def __init__(self, seed: int = 0, nu: float = 0.05, gamma: str | float = "scale") -> None:
         super().__init__(seed, nu=nu, gamma=gamma)

@@ -213,7 +213,9 @@ class Judge(Section):
 
     @model_validator(mode="after")
     def _llm_settings_need_an_llm(self) -> Judge:
-        unused = sorted(self.model_fields_set - {"model"})
+        # values, not model_fields_set: a run folder's config.yaml lists every field with its default
+        unused = sorted(f for f, info in type(self).model_fields.items()
+                        if f != "model" and getattr(self, f) != info.default)
         if self.model.lower() == "none" and unused:
             raise ValueError(f"{', '.join(unused)} set up the LLM judge, and model: none runs none (keyword judge "
                              "only); drop them (from the command line: --set 'judge={model: none}') or name a judge "
@@ -265,6 +267,17 @@ class Defenses(Section):
         if len(set(names)) != len(names):
             raise ValueError("a defense is listed twice")
         return names
+
+    @model_validator(mode="after")
+    def _options_of_listed_defenses(self) -> Defenses:
+        owners = {"llm_guard_model": "llm-guard", "smoothllm_copies": "smoothllm", "smoothllm_max_prompts": "smoothllm"}
+        unused = sorted(f for f, owner in owners.items()  # values: a saved config.yaml lists every default too
+                        if owner not in self.names and getattr(self, f) != type(self).model_fields[f].default)
+        if unused:
+            defenses = " and ".join(sorted({owners[f] for f in unused}))
+            raise ValueError(f"{', '.join(unused)} set up {defenses}, which is not in names; add it to names or drop "
+                             "them")
+        return self
 
 
 class Analysis(Section):

@@ -16,6 +16,7 @@ Attack prompts are only ever evaluated: the anchors see the anchor sets, the gua
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -79,9 +80,16 @@ def select_prompts(ps: PromptSet, label: str, seed: int, exclude: set[str], wher
     """The first ``ps.n`` prompts of the seeded shuffle of ``ps.dataset`` matching ``ps.where`` and not in
     ``exclude`` (normalised texts)."""
     try:
-        records = load_prompts(ps.dataset, label=label, shuffle_seed=seed)
+        records = load_prompts(ps.dataset, shuffle_seed=seed)
     except SriError as e:
         raise SriError(f"config: {where}.dataset: {e}") from None
+    # the set's role gives the label, but never against the rows' own: harmful rows are not benign data
+    contrary = {"harmful", "jailbreak"} if label == "harmless" else {"harmless"}
+    clash = next((r for r in records if r.label.strip().lower() in contrary), None)
+    if clash is not None:
+        raise SriError(f"config: {where}.dataset: {ps.dataset} holds prompts labelled {clash.label!r} (e.g. "
+                       f"{clash.id!r}), but this set is used as {label} prompts; choose a {label} dataset")
+    records = [dataclasses.replace(r, label=label) for r in records]
     for k, v in ps.where.items():  # a filter that matches nothing at all: say which field or value is wrong
         values = sorted({str(r.meta[k]) for r in records if k in r.meta})
         if not values:
