@@ -958,7 +958,8 @@ def test_judge_names_a_field_that_is_not_text(tmp_path, capsys) -> None:
 
 
 def test_every_model_a_run_names_is_checked_before_the_run_folder(tmp_path, capsys) -> None:
-    for change in ({"judge.model": "nonexistent-judge"}, {"attacker": "nonexistent-judge"}):
+    for change in ({"judge.model": "nonexistent-judge"},
+                   {"attacker": "nonexistent-judge", "attacks": [{"name": "pair", "n": 1}]}):
         field = next(iter(change))
         cfg = _config(tmp_path, **change)
         assert_one_line_error(run_cli(["validate", str(cfg)], capsys), f"{field}: model 'nonexistent-judge' is unknown")
@@ -1169,3 +1170,64 @@ def test_seeds_and_fields_that_change_nothing_are_refused(tmp_path, capsys) -> N
     _write_jsonl(run / "signals.jsonl", [_signal_row(i) for i in range(6)])
     assert_one_line_error(run_cli(["analyze", str(run), "--bootstrap", "0", "--seed", "5"], capsys),
                           "--seed would be ignored with --bootstrap 0")
+
+
+# ------------------------------------------------------------------- round 17 (55 inputs, 11 broke)
+@pytest.mark.parametrize("changes, match", [
+    ({"sampler": {"kind": "ar", "steps": 4, "top_k": 5}}, "top_k would be ignored by greedy decoding"),
+    ({"attacker": "smollm2-135m-instruct"}, "attacker is the attacker model of PAIR, and no pair attack is listed"),
+    ({"controls": {"benign_in_template": True}}, "controls.benign_in_template wraps harmless requests"),
+    ({"analysis": {"lambda_c": 0.2, "lambda_r": [0.9]}}, "lambda_r 0.9 is above lambda_c 0.2"),
+    ({"guard": {"detector": "knn", "stream": False}}, "quote the word, e.g. \"off\""),
+])
+def test_config_sections_that_contradict_each_other_are_refused(tmp_path, capsys, changes, match) -> None:
+    assert_one_line_error(run_cli(["validate", str(_config(tmp_path, **changes))], capsys), match)
+
+
+def test_zero_prompts_left_asks_for_another_dataset(tmp_path, capsys) -> None:
+    same = _write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": f"say sorry {i}"} for i in range(2)])
+    cfg = _config(tmp_path, **{"prompts.anchor_harmful": {"dataset": str(same), "n": 2},
+                               "prompts.harmful": {"dataset": str(same), "n": 1}})
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), "has 0 prompts left")
+    assert "ask for fewer" not in capsys.readouterr().err
+
+
+def test_samplers_with_an_anchors_file_are_checked_against_their_own_steps(tiny_llama, tmp_path) -> None:
+    import torch
+
+    from sri.pipeline import parse_config
+    from sri.pipeline.runner import preflight
+    from sri.sampling import ARConfig
+    from sri.signal import Anchors
+    from sri.tracing.tracer import trace_key
+
+    key = {**trace_key(tiny_llama, ARConfig(steps=4), [2], "producing"), "model": "smollm2-135m-instruct"}
+    d = tiny_llama.hidden_size
+    Anchors(harmless={2: torch.zeros(4, d)}, harmful={2: torch.ones(4, d)}, key=key).save(tmp_path / "a.safetensors")
+    data = yaml.safe_load(CONFIG)
+    del data["sampler"]
+    data["samplers"] = {"a": {"kind": "ar", "steps": 4}, "b": {"kind": "ar", "steps": 4, "temperature": 0.7}}
+    data["prompts"]["anchors_file"] = str(tmp_path / "a.safetensors")
+    try:
+        preflight(parse_config(data))
+    except SriError as e:
+        assert "vs 32" not in str(e), e  # no phantom default sampler
+
+
+def test_a_stream_off_guard_refuses_what_only_streaming_uses(tmp_path, capsys) -> None:
+    fit = _write_jsonl(tmp_path / "fit.jsonl", [_signal_row(i) for i in range(8)])
+    cal = _write_jsonl(tmp_path / "cal.jsonl", [_signal_row(i) for i in range(8, 12)])
+    assert_one_line_error(run_cli(["guard", "fit", "--benign", str(fit), "--calibrate", str(cal), "--stream", "off",
+                                   "--detector", "knn", "--refusal-text", "Nope.", "--out", str(tmp_path / "g")],
+                                  capsys), "--refusal-text would be ignored with --stream off")
+
+
+def test_attack_and_judge_llm_refuse_contradictory_inputs(tmp_path, capsys) -> None:
+    assert_one_line_error(run_cli(["attack", "-a", "refusal_suppression", "--prompts", "harmless", "--max-prompts", "2",
+                                   "--out", str(tmp_path / "a.jsonl")], capsys),
+                          "holds prompts labelled 'harmless'")
+    rows = _write_jsonl(tmp_path / "r.jsonl", [{"prompt": "hi", "response": "ok"}])
+    assert_one_line_error(run_cli(["judge-llm", "--input", str(rows), "--out", str(tmp_path / "j.jsonl"),
+                                   "--request-field", "response"], capsys),
+                          "--request-field and --response-field are both 'response'")
+    assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "j.jsonl").exists()

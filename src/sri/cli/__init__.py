@@ -198,7 +198,11 @@ def main() -> None:
     except SriError as e:
         if debug_enabled():
             traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-        _one_line("[red]error:[/]", str(e) + _options_elsewhere(str(e)))
+        try:
+            note = _options_elsewhere(str(e))
+        except Exception:  # a note must never turn a user error into an internal one
+            note = ""
+        _one_line("[red]error:[/]", str(e) + note)
         sys.exit(2)
     except cx.NoArgsIsHelpError as e:  # `sri` / `sri guard` alone: the help
         e.show()

@@ -94,6 +94,11 @@ def attack(
     texts = frozenset(k for k, kinds in spec.option_types().items() if str in kinds)
     options = check_options(name, _parse_options(option, texts))  # types and ranges, before any model loads
     records = load_prompts(prompts, max_prompts=max_prompts, shuffle_seed=shuffle_seed)
+    benign = next((r for r in records if r.label.strip().lower() == "harmless"), None)
+    if benign is not None:  # every output row is labelled jailbreak: a harmless request is not one
+        raise SriError(f"{prompts} holds prompts labelled 'harmless' (e.g. {benign.id!r}); attacks turn harmful "
+                       "behaviours into jailbreaks — give harmful prompts (benign-in-template controls: "
+                       "controls.benign_in_template in a run config)")
     uses_target = spec.needs_target or spec.reads_target
     if model is not None and not uses_target:
         raise SriError(f"attack '{name}' runs no model, so -m {model} would be ignored; drop -m")
@@ -142,6 +147,9 @@ def judge_llm(
     from ..judges.llm import LLMJudge, default_judge_model
     from ..tracing.store import TraceStore
 
+    if request_field == response_field:
+        raise SriError(f"--request-field and --response-field are both '{request_field}', so every response would be "
+                       "judged as an answer to itself; give the request's field and the response's field")
     check_user_file(out_file, suffix=".jsonl")
     check_not_input(out_file, "--out", **{"--input": input_file})
     rows = TraceStore.open(input_file).rows() if input_file.is_dir() else read_jsonl(input_file)

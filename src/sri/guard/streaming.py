@@ -174,8 +174,9 @@ class _Decider:
 
 def _check_pooling(guard: Guard) -> Pooling:
     if guard.anchors is None:
-        raise SriError("this guard has no anchors, so it cannot compute σ during generation; refit it with "
-                       "`sri guard fit --anchors FILE`")
+        streaming = "" if guard.stream_thresholds else " and no streaming detectors"
+        raise SriError(f"this guard has no anchors{streaming}, so it cannot decide during generation; refit it with "
+                       f"`sri guard fit --anchors FILE{' --stream union' if streaming else ''}`")
     name = guard.key.get("pooling")
     if name not in POOLINGS:
         raise IncompatibleError(f"guard pooling {name!r} is unknown to this version of sri")

@@ -45,6 +45,14 @@ class ARSampler(Section):
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     seed: Seed = 0
 
+    @model_validator(mode="after")
+    def _greedy_draws_nothing(self) -> ARSampler:
+        unused = [f for f, default in (("top_k", 0), ("top_p", 1.0), ("seed", 0)) if getattr(self, f) != default]
+        if self.temperature == 0 and unused:
+            raise ValueError(f"{', '.join(unused)} would be ignored by greedy decoding (temperature 0); drop them or "
+                             "set a temperature > 0")
+        return self
+
     def build(self) -> Any:
         from ..sampling import ARConfig
 
@@ -294,6 +302,16 @@ class Analysis(Section):
             raise ValueError("give at least one λ_r")
         return v
 
+    @model_validator(mode="after")
+    def _thresholds(self) -> Analysis:
+        from ..stats.recovery import check_settings
+
+        try:
+            check_settings(self.lambda_c, self.lambda_r, self.lambda_dip, self.bootstrap)
+        except SriError as e:
+            raise ValueError(str(e)) from None
+        return self
+
 
 class ExecutionSection(Section):
     """Where and how traces are computed (:class:`sri.tracing.executors.Execution`); not part of the run's
@@ -385,6 +403,12 @@ class RunConfig(Section):
         for i, a in enumerate(self.attacks):
             if a.n is not None and a.n > self.prompts.harmful.n:
                 raise ValueError(f"attacks[{i}] ({a.name}): n must be ≤ prompts.harmful.n = {self.prompts.harmful.n}")
+        if self.attacker and "pair" not in names:
+            raise ValueError("attacker is the attacker model of PAIR, and no pair attack is listed; add it to attacks "
+                             "or drop attacker")
+        if self.controls.benign_in_template and not self.attacks:
+            raise ValueError("controls.benign_in_template wraps harmless requests in the run's template attacks, and "
+                             "no attack is listed; add attacks or drop the control")
         if self.samplers and "sampler" in self.model_fields_set:
             raise ValueError("give either 'sampler' (one run) or 'samplers' (several, compared), not both")
         seen: dict[str, str] = {}
@@ -479,6 +503,8 @@ def validation_message(e: ValidationError, root: str = "config") -> str:
     msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     got = err.get("input")
     shown = "" if err["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {clip(got)})"
+    if isinstance(got, bool) and err["type"] in ("literal_error", "string_type", "enum"):
+        shown += "; YAML reads unquoted off/on/yes/no as true/false: quote the word, e.g. \"off\""
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
         shown = ""

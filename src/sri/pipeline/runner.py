@@ -151,7 +151,7 @@ def preflight(cfg: RunConfig) -> None:
 
     if cfg.prompts.anchors_file:
         key = Anchors.load(cfg.prompts.anchors_file).key
-        for spec in [cfg.sampler, *cfg.samplers.values()]:  # what the config alone tells (the rest: at stage 6)
+        for spec in (cfg.samplers or {"": cfg.sampler}).values():  # what the config alone tells (the rest: stage 6)
             sampler = spec.build()
             wanted = {"model": cfg.model, "sampler": sampler.name, "steps": sampler.steps,
                       "system_prompt": cfg.system_prompt or None}
@@ -160,7 +160,7 @@ def preflight(cfg: RunConfig) -> None:
                     raise SriError(f"prompts.anchors_file {cfg.prompts.anchors_file} and this run differ in {field} "
                                    f"({key[field]!r} vs {value!r}); use anchors made with the run's settings, or "
                                    "anchor prompt sets instead")
-    longest = max(getattr(s, "gen_length", s.steps) for s in [cfg.sampler, *cfg.samplers.values()])
+    longest = max(getattr(s, "gen_length", s.steps) for s in (cfg.samplers or {"": cfg.sampler}).values())
     check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code,
                 layers=cfg.layers, stop_tokens=cfg.stop_tokens, gen_length=longest,
                 diffusion=cfg.sampler_kind == "diffusion")

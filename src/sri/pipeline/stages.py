@@ -102,8 +102,9 @@ def select_prompts(ps: PromptSet, label: str, seed: int, exclude: set[str], wher
     records = [r for r in records if all(str(r.meta.get(k)) == str(v) for k, v in ps.where.items())
                and normalise(r.prompt) not in exclude]
     if len(records) < ps.n:
+        fix = "ask for fewer" if records else "give a dataset with other prompts, or more of them"
         raise SriError(f"config: {where}: {ps.dataset} has {len(records)} prompts left (after the 'where' filter "
-                       f"and removing prompts of earlier sets) but n = {ps.n}; ask for fewer")
+                       f"and removing prompts of earlier sets) but n = {ps.n}; {fix}")
     return records[:ps.n]
 
 

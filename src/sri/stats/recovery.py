@@ -189,6 +189,10 @@ def check_settings(lambda_c: float, lambda_r: Sequence[float], lambda_dip: float
             raise SriError("lambda_r must list at least one threshold; e.g. 0.5 0.3 0.1")
         raise SriError(f"lambda_r must list thresholds that differ in the results, which name each by 6 significant "
                        f"digits (got {', '.join(map(repr, lambda_r))}, named {', '.join(labels)}); give each once")
+    above = [v for v in lambda_r if v > lambda_c]
+    if above:  # "recovered" = fell below λ_r after having been above λ_c: a λ_r above λ_c counts compliant states
+        raise SriError(f"lambda_r {above[0]:g} is above lambda_c {lambda_c:g}; a recovery threshold must not exceed "
+                       "the compliance threshold (e.g. lambda_c 0.5 with lambda_r 0.5 0.3 0.1)")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or not 0 <= resamples <= MAX_RESAMPLES:
         raise SriError(f"resamples must be a whole number in [0, {MAX_RESAMPLES}] (got {resamples!r})")
 
