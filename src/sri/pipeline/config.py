@@ -33,6 +33,11 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    def changed(self, *names: str) -> list[str]:
+        """The fields among ``names`` whose value is not the default — by value, not by ``model_fields_set``: a
+        run folder's saved config.yaml lists every field, defaults included. Used to refuse settings a mode ignores."""
+        return [f for f in names if getattr(self, f) != type(self).model_fields[f].default]
+
 
 # --------------------------------------------------------------------------------------------- sampler
 class ARSampler(Section):
@@ -47,7 +52,7 @@ class ARSampler(Section):
 
     @model_validator(mode="after")
     def _greedy_draws_nothing(self) -> ARSampler:
-        unused = [f for f, default in (("top_k", 0), ("top_p", 1.0), ("seed", 0)) if getattr(self, f) != default]
+        unused = self.changed("top_k", "top_p", "seed")
         if self.temperature == 0 and unused:
             raise ValueError(f"{', '.join(unused)} would be ignored by greedy decoding (temperature 0); drop them or "
                              "set a temperature > 0")
@@ -221,9 +226,7 @@ class Judge(Section):
 
     @model_validator(mode="after")
     def _llm_settings_need_an_llm(self) -> Judge:
-        # values, not model_fields_set: a run folder's config.yaml lists every field with its default
-        unused = sorted(f for f, info in type(self).model_fields.items()
-                        if f != "model" and getattr(self, f) != info.default)
+        unused = sorted(self.changed(*(f for f in type(self).model_fields if f != "model")))
         if self.model.lower() == "none" and unused:
             raise ValueError(f"{', '.join(unused)} set up the LLM judge, and model: none runs none (keyword judge "
                              "only); drop them (from the command line: --set 'judge={model: none}') or name a judge "
@@ -279,8 +282,7 @@ class Defenses(Section):
     @model_validator(mode="after")
     def _options_of_listed_defenses(self) -> Defenses:
         owners = {"llm_guard_model": "llm-guard", "smoothllm_copies": "smoothllm", "smoothllm_max_prompts": "smoothllm"}
-        unused = sorted(f for f, owner in owners.items()  # values: a saved config.yaml lists every default too
-                        if owner not in self.names and getattr(self, f) != type(self).model_fields[f].default)
+        unused = sorted(self.changed(*(f for f, owner in owners.items() if owner not in self.names)))
         if unused:
             defenses = " and ".join(sorted({owners[f] for f in unused}))
             raise ValueError(f"{', '.join(unused)} set up {defenses}, which is not in names; add it to names or drop "
