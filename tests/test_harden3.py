@@ -383,7 +383,7 @@ def test_validate_resolves_the_models_like_run(tmp_path, capsys) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(CONFIG, encoding="utf-8")
     for setting in ("model=nosuch-model", "attacker=nosuch-model", "attack_model=nosuch-model"):
-        pair = ["--set", "attacks=[{name: pair, n: 1}]"] if setting.startswith("attacker") else []
+        pair = ["--set", "attacks=[{name: pair, n: 1}]"] if setting.startswith("attack") else []
         res = run_cli(["validate", str(path), "--set", setting, *pair], capsys)
         assert_one_line_error(res, "model 'nosuch-model' is unknown")
         assert "ok:" not in res.out

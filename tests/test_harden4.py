@@ -1231,3 +1231,26 @@ def test_attack_and_judge_llm_refuse_contradictory_inputs(tmp_path, capsys) -> N
                                    "--request-field", "response"], capsys),
                           "--request-field and --response-field are both 'response'")
     assert not (tmp_path / "a.jsonl").exists() and not (tmp_path / "j.jsonl").exists()
+
+
+# ------------------------------------------------------------------- round 18 (49 inputs, 4 broke)
+@pytest.mark.parametrize("changes, match", [
+    ({"prompts.long_benign": {"n": 2, "min_chars": 1000000}}, "min_chars: Input should be less than or equal to 8000"),
+    ({"prompts.guard_fit": {"dataset": "harmless", "n": 2}, "prompts.guard_calibrate": {"dataset": "harmless", "n": 2}},
+     "there is no guard section"),
+    ({"attack_model": "smollm2-135m-instruct", "attacks": [{"name": "flip"}]},
+     "attack_model is the model that optimising attacks (random_search, pair) run on, and none is listed"),
+])
+def test_run_settings_nothing_would_use_are_refused_before_the_folder(tmp_path, capsys, changes, match) -> None:
+    cfg = _config(tmp_path, **changes)
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), match)
+    out = tmp_path / "run"
+    assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(out)], capsys), match)
+    assert not out.exists()
+
+
+def test_no_guard_stop_needs_a_guard(tmp_path, capsys) -> None:
+    assert_one_line_error(run_cli(["trace", "-m", "smollm2-135m-instruct", "--prompts", "harmless", "--out",
+                                   str(tmp_path / "t"), "--no-guard-stop"], capsys),
+                          "--no-guard-stop would be ignored without --guard")
+    assert not (tmp_path / "t").exists()

@@ -27,8 +27,12 @@ def _base(harmless: str = "harmless", harmful: str = "harmbench") -> dict:
     return {"name": "t", "model": "m",
             "prompts": {"anchor_harmless": {"dataset": harmless, "n": 3},
                         "anchor_harmful": {"dataset": harmful, "n": 3},
-                        "guard_fit": {"dataset": harmless, "n": 3}, "guard_calibrate": {"dataset": harmless, "n": 3},
                         "harmless": {"dataset": harmless, "n": 3}, "harmful": {"dataset": harmful, "n": 3}}}
+
+
+#: the base prompt sets plus the guard's fit and calibration sets (a guard section needs them, and only it uses them)
+_GUARDED = {**_base()["prompts"], "guard_fit": {"dataset": "harmless", "n": 3},
+            "guard_calibrate": {"dataset": "harmless", "n": 3}}
 
 
 @pytest.mark.parametrize(("patch", "message"), [
@@ -46,8 +50,9 @@ def _base(harmless: str = "harmless", harmful: str = "harmbench") -> dict:
     ({"attacks": [{"name": "flip"}, {"name": "flip"}]}, "listed twice"),
     ({"analysis": {"lambda_r": [1.5]}}, "config: analysis.lambda_r.0: Input should be less than 1"),
     ({"guard": {"quantile": 7}}, "config: guard.quantile: Input should be less than 1 (got 7)"),
-    ({"guard": {"detector": "nope"}}, "detector 'nope' is unknown"),
-    ({"defenses": {"names": ["ppl"]}, "guard": {}}, "defense 'ppl' is unknown (did you mean 'ppl-filter'?)"),
+    ({"guard": {"detector": "nope"}, "prompts": _GUARDED}, "detector 'nope' is unknown"),
+    ({"defenses": {"names": ["ppl"]}, "guard": {}, "prompts": _GUARDED},
+     "defense 'ppl' is unknown (did you mean 'ppl-filter'?)"),
     ({"defenses": {"names": ["ppl-filter"]}}, "config: defenses are compared beside SRI Guard: add a guard section"),
     ({"execution": {"threads": "abc"}}, "config: execution.threads: Input should be a valid integer"),
     ({"pooling": "produce"}, "pooling 'produce' is unknown (did you mean 'producing'?)"),
@@ -109,7 +114,9 @@ def test_prompt_sets_never_overlap(tmp_path) -> None:
     write_jsonl(harmful, [{"id": f"x{i}", "prompt": f"harmful request {i}", "kind": "a" if i % 2 else "b"}
                           for i in range(10)])
     base = _base(str(harmless), str(harmful))
-    base["prompts"]["guard_fit"]["n"] = base["prompts"]["guard_calibrate"]["n"] = 5
+    base["prompts"] |= {"guard_fit": {"dataset": str(harmless), "n": 5}, "guard_calibrate": {"dataset": str(harmless),
+                                                                                          "n": 5}}
+    base["guard"] = {"detector": "knn"}
     base["prompts"]["long_benign"] = {"n": 3, "min_chars": 200}
     sets = prompts(parse_config(base))
     texts = {name: {r.prompt.lower() for r in recs} for name, recs in sets.items()}

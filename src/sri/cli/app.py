@@ -50,7 +50,11 @@ def refuse_unused(ctx: typer.Context, names: tuple[str, ...], reason: str) -> No
     chosen = [p for p in ctx.command.params if p.name in names
               and ctx.get_parameter_source(p.name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
     if chosen:
-        flags = ", ".join(next(o for o in p.opts if o.startswith("--")) for p in chosen)
+        def typed(p: Any) -> str:  # `--no-x` for a switch turned off
+            off = p.secondary_opts and ctx.params.get(p.name) is False
+            return next(o for o in (p.secondary_opts if off else p.opts) if o.startswith("--"))
+
+        flags = ", ".join(typed(p) for p in chosen)
         them = "it" if len(chosen) == 1 else "them"
         raise SriError(f"{flags} would be ignored {reason}; drop {them}")
 

@@ -190,6 +190,8 @@ def trace(
     from ..tracing.executors import Execution, ModelSpec
     from ..tracing.tracer import trace_prompts
 
+    if guard is None:
+        refuse_unused(ctx, ("guard_stop",), "without --guard")
     check_user_dir(out_dir)
 
     diffusion_opts = {"--remasking": remasking, "--gen-length": gen_length, "--block-length": block_length,

@@ -138,7 +138,8 @@ class LongBenign(Section):
     (other everyday instructions of the same dataset) to at least ``min_chars`` characters."""
 
     n: PositiveInt
-    min_chars: PositiveInt = 1200
+    #: at most 8000: a padded prompt must stay under the 4096-token prompt limit of every tracer
+    min_chars: Annotated[int, Field(ge=1, le=8000)] = 1200
 
 
 class Prompts(Section):
@@ -405,6 +406,12 @@ class RunConfig(Section):
         for i, a in enumerate(self.attacks):
             if a.n is not None and a.n > self.prompts.harmful.n:
                 raise ValueError(f"attacks[{i}] ({a.name}): n must be ≤ prompts.harmful.n = {self.prompts.harmful.n}")
+        if self.attack_model and _check_names(info):
+            from ..attacks import get_attack
+
+            if not any(get_attack(n).needs_target for n in names):
+                raise ValueError("attack_model is the model that optimising attacks (random_search, pair) run on, and "
+                                 "none is listed; add one to attacks or drop attack_model")
         if self.attacker and "pair" not in names:
             raise ValueError("attacker is the attacker model of PAIR, and no pair attack is listed; add it to attacks "
                              "or drop attacker")
@@ -428,6 +435,9 @@ class RunConfig(Section):
                                  "trajectory")
         if self.guard is not None and self.prompts.guard_fit is None:
             raise ValueError("guard needs prompts.guard_fit and prompts.guard_calibrate (benign prompt sets)")
+        if self.guard is None and self.prompts.guard_fit is not None:
+            raise ValueError("prompts.guard_fit and guard_calibrate are the guard's fit and calibration sets, and "
+                             "there is no guard section; add one (e.g. guard: {detector: ae}) or drop those sets")
         if self.defenses.names and self.guard is None:
             raise ValueError("defenses are compared beside SRI Guard: add a guard section")
         if _check_names(info):  # the samplers' own cross-field rules (imports the samplers)
