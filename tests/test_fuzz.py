@@ -141,7 +141,7 @@ def _base_config(inputs: Path, model: str) -> dict[str, Any]:
                         "anchor_harmful": {"dataset": str(inputs / "harmful.jsonl"), "n": 2},
                         "harmless": {"dataset": str(inputs / "harmless.jsonl"), "n": 2},
                         "harmful": {"dataset": str(inputs / "harmful.jsonl"), "n": 2}},
-            "analysis": {"bootstrap": 10}}
+            "analysis": {"bootstrap": 40}}
 
 
 #: (dotted path, values that are always wrong there)
@@ -232,7 +232,7 @@ _NUMBERS = [
     (["trace"], "--max-failed-batches", lambda v: v >= 0),
     (["attack", "-a", "flip"], "--max-prompts", lambda v: v >= 1), (["attack", "-a", "flip"], "--seed",
                                                                      lambda v: v >= 0),
-    (["analyze"], "--lambda-c", lambda v: 0 <= v <= 1), (["analyze"], "--bootstrap", lambda v: v >= 0),
+    (["analyze"], "--lambda-c", lambda v: 0 <= v <= 1), (["analyze"], "--bootstrap", lambda v: v == 0 or v >= 40),
     (["report"], "--panels", lambda v: v >= 1),
     (["guard", "fit"], "--quantile", lambda v: 0 < v < 1), (["guard", "fit"], "--min-prefix", lambda v: v >= 1),
     (["judge-llm"], "--threshold", lambda v: 0 <= v <= 1), (["judge-llm"], "--batch-size", lambda v: v >= 1),

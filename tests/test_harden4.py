@@ -251,11 +251,11 @@ def test_honour_umask_fixes_files_written_0600(tmp_path) -> None:
 def test_report_refuses_an_edited_or_stale_analysis(tmp_path, capsys) -> None:
     rows = [_signal_row(i, label="harmless" if i % 2 else "harmful", refused=bool(i % 3)) for i in range(12)]
     _write_jsonl(tmp_path / "signals.jsonl", rows)
-    assert run_cli(["analyze", str(tmp_path), "--bootstrap", "5"], capsys).code == 0
+    assert run_cli(["analyze", str(tmp_path), "--bootstrap", "40"], capsys).code == 0
     analysis = json.loads((tmp_path / "analysis.json").read_text())
     (tmp_path / "analysis.json").write_text(json.dumps({**analysis, "flags": []}))
     assert_one_line_error(run_cli(["report", str(tmp_path)], capsys), "was changed after `sri analyze` wrote it")
-    assert run_cli(["analyze", str(tmp_path), "--bootstrap", "5"], capsys).code == 0
+    assert run_cli(["analyze", str(tmp_path), "--bootstrap", "40"], capsys).code == 0
     _write_jsonl(tmp_path / "signals.jsonl", rows[:-1])
     assert_one_line_error(run_cli(["report", str(tmp_path)], capsys), "analyses an earlier signals.jsonl")
     assert not (tmp_path / "report.html").exists()
@@ -655,7 +655,7 @@ def test_report_captions_use_the_analysis_thresholds(tmp_path, capsys) -> None:
     rows = [_signal_row(i, label="harmless" if i % 2 else "harmful", refused=bool(i % 3)) for i in range(12)]
     _write_jsonl(tmp_path / "signals.jsonl", rows)
     assert run_cli(["analyze", str(tmp_path), "--lambda-c", "0.9", "--lambda-r", "0.2", "--lambda-r", "0.05",
-                    "--bootstrap", "5"], capsys).code == 0
+                    "--bootstrap", "40"], capsys).code == 0
     assert run_cli(["report", str(tmp_path)], capsys).code == 0
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "at λ_c = 0.9 and λ_r ∈ {0.2, 0.05}" in html and "λ_c = 0.5 and" not in html
@@ -1254,3 +1254,18 @@ def test_no_guard_stop_needs_a_guard(tmp_path, capsys) -> None:
                                    str(tmp_path / "t"), "--no-guard-stop"], capsys),
                           "--no-guard-stop would be ignored without --guard")
     assert not (tmp_path / "t").exists()
+
+
+# ------------------------------------------------------------------- between rounds 18 and 19
+def test_too_few_bootstrap_resamples_for_a_95_percent_interval_are_refused(tmp_path, capsys) -> None:
+    """With 1 resample low = high: a "95% CI" that is no interval; below 40 its 2.5% tail holds no resample."""
+    from sri.stats.recovery import analyze_signals
+
+    res = run_cli(["analyze", str(tmp_path / "none"), "--bootstrap", "1"], capsys)
+    assert_one_line_error(res, "cannot give a 95% interval")
+    assert "Invalid value for '--bootstrap'" in res.err
+    cfg = _config(tmp_path, **{"analysis.bootstrap": 39})
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), "use at least 40, or 0 for no intervals")
+    with pytest.raises(SriError, match="use at least 40"):
+        analyze_signals([_signal_row(0)], resamples=5)
+    assert run_cli(["validate", str(_config(tmp_path, **{"analysis.bootstrap": 40}))], capsys).code == 0

@@ -112,7 +112,7 @@ def test_lda_on_a_few_signals_is_skipped_and_said(tmp_path, capsys, n) -> None:
     run = tmp_path / "run"
     labels = ["harmless", "harmful", "jailbreak"]
     write_jsonl(run / "signals.jsonl", [_signal_row(i, label=labels[i % 3], refused=i == 1) for i in range(n)])
-    res = run_cli(["analyze", str(run), "--bootstrap", "20"], capsys)
+    res = run_cli(["analyze", str(run), "--bootstrap", "40"], capsys)
     assert res.code == 0, res.err
     assert "LDA skipped:" in res.err
     analysis = json.loads((run / "analysis.json").read_text())

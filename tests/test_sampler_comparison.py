@@ -52,7 +52,7 @@ def _config(ws: dict[str, Path], judge: Path, attack_model: Path | None) -> dict
                      "options": {"iterations": 1, "candidates": 2, "suffix_tokens": 3, "change_tokens": 1}}],
         "attack_model": str(attack_model) if attack_model else None,
         "judge": {"model": str(judge), "batch_size": 4, "hrr_stride": 2},
-        "analysis": {"bootstrap": 30, "panels": 1},
+        "analysis": {"bootstrap": 40, "panels": 1},
     }
 
 

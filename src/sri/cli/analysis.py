@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import SriError, clip
 from ..io import check_not_input, check_output_dir, check_user_file
-from ..stats.bootstrap import MAX_RESAMPLES
+from ..stats.bootstrap import MAX_RESAMPLES, MIN_RESAMPLES
 from .app import POSITIVE, SEED, DeviceOpt, DtypeOpt, app, err, in_range, load_adapter, out, refuse_unused
 
 #: σ thresholds of the recovery analysis: strictly inside (0, 1), as the run config's ``analysis`` section requires
@@ -238,6 +238,18 @@ def judge_calibrate(
 
 
 # ----------------------------------------------------------------------------------------------- analysis
+def _resamples(value: int) -> int:
+    """``--bootstrap``: 0, or a count a 95% percentile interval can be read from (see ``check_settings``)."""
+    from ..stats.recovery import check_settings
+
+    in_range(0, MAX_RESAMPLES)(value)
+    try:
+        check_settings(0.5, [0.5], 0.5, value)
+    except SriError as e:
+        raise typer.BadParameter(str(e)) from None
+    return value
+
+
 @app.command()
 def analyze(
     ctx: typer.Context,
@@ -247,8 +259,8 @@ def analyze(
         callback=THRESHOLD, help="λ_r thresholds (repeatable).")] = None,
     lambda_dip: Annotated[float, typer.Option(
         callback=THRESHOLD, help="Dip threshold for incomplete-recovery flags.")] = 0.5,
-    bootstrap: Annotated[int, typer.Option(callback=in_range(0, MAX_RESAMPLES),
-                                           help="Bootstrap resamples for the CIs (0 = no CIs).")] = 1000,
+    bootstrap: Annotated[int, typer.Option(callback=_resamples, help=(
+        f"Bootstrap resamples for the CIs: 0 = no CIs, else {MIN_RESAMPLES} to {MAX_RESAMPLES}."))] = 1000,
     seed: Annotated[int, typer.Option(callback=SEED, help="Bootstrap seed.")] = 0,
 ) -> None:
     """Recovery metrics (RR, ASR, IRR, incomplete-recovery flags, HRR/FRR) with bootstrap CIs, and LDA."""

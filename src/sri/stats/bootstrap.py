@@ -18,6 +18,9 @@ LEVEL = 0.95
 RESAMPLES = 1000
 #: the most resamples accepted: the percentile interval is stable to ~0.1 point long before; more only costs time
 MAX_RESAMPLES = 100_000
+#: the fewest resamples of a percentile interval: below 1 / ((1 − LEVEL) / 2) = 40 its 2.5 % tail holds no resample,
+#: so "low" and "high" are just the extremes of a handful of draws (with 1 resample, low = high)
+MIN_RESAMPLES = 40
 
 
 @dataclass(frozen=True)

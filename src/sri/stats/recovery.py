@@ -176,9 +176,9 @@ def lda_projection(signals: Sequence[Sequence[float]] | np.ndarray, labels: Sequ
 # --------------------------------------------------------------------------------------------- one run
 def check_settings(lambda_c: float, lambda_r: Sequence[float], lambda_dip: float, resamples: int) -> None:
     """The analysis settings the CLI and the run config allow (one-line :class:`SriError` otherwise): every λ
-    strictly inside (0, 1), λ_r non-empty and distinct as written in the results (``f"{λ:g}"``), resamples in
-    [0, MAX_RESAMPLES]."""
-    from .bootstrap import MAX_RESAMPLES
+    strictly inside (0, 1), λ_r non-empty and distinct as written in the results (``f"{λ:g}"``), resamples 0 (no
+    intervals) or in [MIN_RESAMPLES, MAX_RESAMPLES]."""
+    from .bootstrap import MAX_RESAMPLES, MIN_RESAMPLES
 
     for name, value in (("lambda_c", lambda_c), ("lambda_dip", lambda_dip), *(("lambda_r", v) for v in lambda_r)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
@@ -195,6 +195,9 @@ def check_settings(lambda_c: float, lambda_r: Sequence[float], lambda_dip: float
                        "the compliance threshold (e.g. lambda_c 0.5 with lambda_r 0.5 0.3 0.1)")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or not 0 <= resamples <= MAX_RESAMPLES:
         raise SriError(f"resamples must be a whole number in [0, {MAX_RESAMPLES}] (got {resamples!r})")
+    if 0 < resamples < MIN_RESAMPLES:
+        raise SriError(f"{resamples} bootstrap resamples cannot give a 95% interval (its 2.5% tails would hold no "
+                       f"resample); use at least {MIN_RESAMPLES}, or 0 for no intervals")
 
 
 def analyze_signals(rows: Sequence[dict[str, Any]], *, lambda_c: float = LAMBDA_C,
