@@ -29,20 +29,32 @@ def _config(tmp_path: Path, **changes) -> Path:
     return path
 
 
+def _refused_by_validate_and_run(cfg: Path, match: str, tmp_path: Path, capsys) -> None:
+    """Both commands refuse ``cfg`` in one line with ``match``, and `run` leaves no folder behind."""
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), match)
+    out = tmp_path / "run"
+    assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(out)], capsys), match)
+    assert not out.exists()
+
+
+def _long_prompts(tmp_path: Path) -> Path:
+    """A prompt file whose first prompt renders to 5123 SmolLM2 tokens (over the default limit of 4096)."""
+    return _write_jsonl(tmp_path / "long.jsonl", [{"prompt": "Tell me about " + "the sea and " * 1700},
+                                                  {"prompt": "How do I pick a lock?"}])
+
+
 # ------------------------------------------------------------------- 1. model-dependent settings of a run
 @pytest.mark.parametrize("change, match", [
     ({"layers": "999"}, "layer 999 is out of range for a 30-layer model"),
     ({"layers": "final,banana"}, "layer 'banana' is not understood"),
     ({"sampler.steps": 2**70}, "exceeds the model's context of 8192 tokens"),
     ({"stop_tokens": [""]}, "stop token '' is not a single token"),
-    ({"prompts.anchors_file": "/etc/passwd"}, "is not a readable safetensors file"),
+    ({"prompts.anchors_file": "/etc/passwd", "prompts.anchor_harmless": None, "prompts.anchor_harmful": None},
+     "is not a readable safetensors file"),
 ])
 def test_run_settings_the_model_refuses_are_caught_before_writing(smollm, tmp_path, capsys, change, match) -> None:
     cfg = _config(tmp_path, **change)
-    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), match)
-    out = tmp_path / "run"
-    assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(out)], capsys), match)
-    assert not out.exists()
+    _refused_by_validate_and_run(cfg, match, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -536,7 +548,8 @@ def test_anchors_file_of_other_settings_is_refused_before_writing(tiny_llama, tm
     anchors = tmp_path / "a.safetensors"
     d = tiny_llama.hidden_size
     Anchors(harmless={2: torch.zeros(3, d)}, harmful={2: torch.ones(3, d)}, key=key).save(anchors)
-    cfg = _config(tmp_path, **{"prompts.anchors_file": str(anchors)})
+    cfg = _config(tmp_path, **{"prompts.anchors_file": str(anchors), "prompts.anchor_harmless": None,
+                               "prompts.anchor_harmful": None})
     res = run_cli(["run", "--config", str(cfg), "--out", str(tmp_path / "run")], capsys)
     assert_one_line_error(res, "differ in steps (3 vs 4)")
     assert not (tmp_path / "run").exists()
@@ -706,6 +719,7 @@ def test_a_reused_anchors_file_is_one_file_however_named_and_must_not_change(tin
 
     monkeypatch.chdir(tmp_path)
     relative = parse_config({**yaml.safe_load(CONFIG), "prompts": {**yaml.safe_load(CONFIG)["prompts"],
+                                                                    "anchor_harmless": None, "anchor_harmful": None,
                                                                     "anchors_file": "a.safetensors"}})
     assert relative.prompts.anchors_file == str(tmp_path / "a.safetensors")
     key = trace_key(tiny_llama, ARConfig(steps=3), [2], "producing")
@@ -880,8 +894,10 @@ def test_streaming_options_are_refused_when_the_guard_does_not_stream(tmp_path, 
     cal = _write_jsonl(tmp_path / "cal.jsonl", [_signal_row(i) for i in range(8, 12)])
     base = ["guard", "fit", "--benign", str(fit), "--calibrate", str(cal), "--detector", "knn", "--stream", "off",
             "--out", str(tmp_path / "g")]
-    for extra in (["--min-prefix", "2"], ["--stream-every", "2"]):
-        assert_one_line_error(run_cli([*base, *extra], capsys), "apply to the streaming guard only")
+    for extra in (["--min-prefix", "2"], ["--stream-every", "2"]):  # named as given, nothing else (round 19)
+        res = run_cli([*base, *extra], capsys)
+        assert_one_line_error(res, f"{extra[0]} would be ignored with --stream off")
+        assert ("--min-prefix" in res.err) == (extra[0] == "--min-prefix")
         assert not (tmp_path / "g").exists()
     assert run_cli(base, capsys).code == 0
     assert_one_line_error(run_cli(["validate", str(_config(tmp_path, **{"guard.stream": "off", "guard.every": 2}))],
@@ -1197,6 +1213,7 @@ def test_samplers_with_an_anchors_file_are_checked_against_their_own_steps(tiny_
 
     from sri.pipeline import parse_config
     from sri.pipeline.runner import preflight
+    from sri.pipeline.stages import prompts
     from sri.sampling import ARConfig
     from sri.signal import Anchors
     from sri.tracing.tracer import trace_key
@@ -1208,8 +1225,10 @@ def test_samplers_with_an_anchors_file_are_checked_against_their_own_steps(tiny_
     del data["sampler"]
     data["samplers"] = {"a": {"kind": "ar", "steps": 4}, "b": {"kind": "ar", "steps": 4, "temperature": 0.7}}
     data["prompts"]["anchors_file"] = str(tmp_path / "a.safetensors")
+    del data["prompts"]["anchor_harmless"], data["prompts"]["anchor_harmful"]
     try:
-        preflight(parse_config(data))
+        cfg = parse_config(data)
+        preflight(cfg, prompts(cfg))
     except SriError as e:
         assert "vs 32" not in str(e), e  # no phantom default sampler
 
@@ -1243,10 +1262,7 @@ def test_attack_and_judge_llm_refuse_contradictory_inputs(tmp_path, capsys) -> N
 ])
 def test_run_settings_nothing_would_use_are_refused_before_the_folder(tmp_path, capsys, changes, match) -> None:
     cfg = _config(tmp_path, **changes)
-    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), match)
-    out = tmp_path / "run"
-    assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(out)], capsys), match)
-    assert not out.exists()
+    _refused_by_validate_and_run(cfg, match, tmp_path, capsys)
 
 
 def test_no_guard_stop_needs_a_guard(tmp_path, capsys) -> None:
@@ -1269,3 +1285,80 @@ def test_too_few_bootstrap_resamples_for_a_95_percent_interval_are_refused(tmp_p
     with pytest.raises(SriError, match="use at least 40"):
         analyze_signals([_signal_row(0)], resamples=5)
     assert run_cli(["validate", str(_config(tmp_path, **{"analysis.bootstrap": 40}))], capsys).code == 0
+
+
+# ------------------------------------------------------------------- round 19 (70 inputs, 6 broke)
+@pytest.mark.parametrize("changes, match", [
+    # a prompt over the limit: the hint names the run-config field that raises it
+    ({"prompts.harmful": {"dataset": "LONG", "n": 2}},
+     "prompts.harmful: prompt 'long-00000' is 5123 tokens, over the limit of 4096; shorten it or raise "
+     "--max-prompt-tokens (in a run config --max-prompt-tokens is the field max_prompt_tokens)"),
+    # an attack that runs no model fails on its options: built in preflight as stage 2 builds it
+    ({"attacks": [{"name": "in_the_wild", "options": {"max_chars": 10}}]},
+     "attacks[0] (in_the_wild): no in-the-wild template is at most 10 characters long"),
+    # ... or makes prompts over the limit
+    ({"attacks": [{"name": "in_the_wild"}], "max_prompt_tokens": 200},
+     "attacks[0] (in_the_wild): prompt 'in_the_wild:"),
+    # both anchor sources: the sets would be traced and never used
+    ({"prompts.anchors_file": "a.safetensors"}, "give either anchor prompt sets (anchors fitted by the run) or "
+                                                "anchors_file (anchors reused), not both"),
+])
+def test_run_config_problems_stage_2_or_3_would_meet_are_found_before_writing(tmp_path, capsys, changes,
+                                                                               match) -> None:
+    if "prompts.harmful" in changes:
+        changes = {"prompts.harmful": {"dataset": str(_long_prompts(tmp_path)), "n": 2}}
+    cfg = _config(tmp_path, **changes)
+    _refused_by_validate_and_run(cfg, match, tmp_path, capsys)
+
+
+def test_max_prompt_tokens_of_a_run_raises_the_limit(tmp_path, capsys) -> None:
+    cfg = _config(tmp_path, **{"prompts.harmful": {"dataset": str(_long_prompts(tmp_path)), "n": 2},
+                               "max_prompt_tokens": 6000})
+    assert run_cli(["validate", str(cfg)], capsys).code == 0
+
+
+def test_a_device_this_machine_lacks_is_refused_by_validate_and_before_the_run_folder(tmp_path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = _config(tmp_path, device="cuda")
+    assert_one_line_error(run_cli(["validate", str(cfg)], capsys), "device 'cuda' was asked for but CUDA is not "
+                                                                  "available")
+    assert_one_line_error(run_cli(["run", "--config", str(cfg), "--out", str(tmp_path / "run")], capsys),
+                          "CUDA is not available; use --device cpu (in a run config --device is the field device)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_refuses_traces_of_prompts_its_set_does_not_hold(tiny_llama, tmp_path) -> None:
+    """A shard copied into traces/harmful/ would enter the results under the harmful set's name."""
+    from sri.data.prompts import PromptRecord
+    from sri.pipeline.context import _check_own_traces
+    from sri.sampling import ARConfig
+    from sri.tracing.tracer import trace_prompts
+
+    records = [PromptRecord(f"x{i}", f"explain bad thing {i}", "harmful", "t") for i in range(3)]
+    store = trace_prompts(tiny_llama, records, tmp_path / "t", sampler=ARConfig(steps=2), progress=False)
+    _check_own_traces(store, "harmful", records)  # its own: fine
+    with pytest.raises(SriError, match=r"00000\.jsonl holds a trace of prompt 'x2', which is not in this run's "
+                                       r"harmful set; .* delete that shard"):
+        _check_own_traces(store, "harmful", records[:2])
+    relabelled = [PromptRecord(r.id, r.prompt, "harmless", "t") for r in records]
+    with pytest.raises(SriError, match="with another prompt text or label than the set has"):
+        _check_own_traces(store, "harmful", relabelled)
+
+
+def test_a_sampler_comparison_describes_every_setting_that_differs() -> None:
+    from sri.report.comparison import _describe
+
+    assert _describe({"kind": "ar", "steps": 6}) == "AR decoding, T=6"
+    assert _describe({"kind": "ar", "steps": 6, "temperature": 0.7, "top_k": 0, "top_p": 1.0, "seed": 1}) == \
+        "AR decoding, T=6, temperature 0.7, seed 1"
+    assert "seed 3" in _describe({"kind": "diffusion", "steps": 8, "gen_length": 16, "seed": 3})
+
+
+def test_a_resume_with_another_guard_names_the_entry_that_differs() -> None:
+    from sri.tracing.store import _first_difference
+
+    old = {"guard": {"path": "/g" * 80, "threshold": 0.25, "stop": True}, "layers": [30]}
+    assert _first_difference(old, {**old, "guard": {**old["guard"], "stop": False}}) == "guard.stop: True vs False"

@@ -9,3 +9,6 @@ value enters (one-line error, nothing written).
 MAX_SEED = 2**32 - 1
 #: the most torch CPU threads a process may ask for (far above any machine; beyond it the C int overflows)
 MAX_THREADS = 4096
+#: the longest rendered prompt (tokens) sri traces unless asked for more (`--max-prompt-tokens`, a run's
+#: ``max_prompt_tokens``): a guard against a wrong file, not a model limit (the model's context is checked too)
+DEFAULT_MAX_PROMPT_TOKENS = 4096

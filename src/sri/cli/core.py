@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..errors import SriError, clip
 from ..io import check_not_input, check_user_dir, check_user_file
+from ..limits import DEFAULT_MAX_PROMPT_TOKENS
 from .app import (
     HELP,
     NON_NEGATIVE,
@@ -159,7 +160,8 @@ def trace(
     system_prompt: Annotated[str, typer.Option(
         help="System prompt ('': none of ours; a chat template may add its own default).")] = \
         "You are a helpful assistant",
-    max_prompt_tokens: Annotated[int, typer.Option(callback=POSITIVE, help="Reject longer prompts.")] = 4096,
+    max_prompt_tokens: Annotated[int, typer.Option(callback=POSITIVE, help=(
+        "Reject prompts longer than this (rendered, in tokens)."))] = DEFAULT_MAX_PROMPT_TOKENS,
     guard: Annotated[Path | None, typer.Option(help="Guard folder (`sri guard fit`): flag and stop sequences "
                                                      "while generating; verdicts go into the rows.")] = None,
     guard_stop: Annotated[bool, typer.Option(help="Stop flagged sequences (--no-guard-stop: only flag).")] = True,

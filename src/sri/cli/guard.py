@@ -47,8 +47,8 @@ def guard_fit(
     from ..signal import Anchors
 
     if stream == "off":  # the anchors and the refusal text serve the streaming guard inside generation only
-        refuse_unused(ctx, ("anchors", "refusal_text"), "with --stream off (only a streaming guard runs inside "
-                      "generation)")
+        refuse_unused(ctx, ("anchors", "refusal_text", "min_prefix", "stream_every"), "with --stream off (only a "
+                      "streaming guard runs inside generation and decides on prefixes)")
     if not DETECTORS[detector].seeded:  # an unknown name: a did-you-mean error
         refuse_unused(ctx, ("seed",), f"by the {detector} detector, which draws no random numbers")
     check_user_dir(out_dir)

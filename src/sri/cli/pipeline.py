@@ -126,8 +126,8 @@ def validate(
     from ..pipeline.stages import prompts  # (imports the models: only once the config has been read)
 
     quiet_transformers()
-    preflight(cfg)  # models, layers, stop tokens, lengths and an anchors file, as `sri run` checks
     sets = prompts(cfg)
+    preflight(cfg, sets)  # device, models, layers, stop tokens, attacks, prompt lengths, anchors file: as `sri run`
     sizes = ", ".join(f"{k} {len(v)}" for k, v in sets.items())
     attacks = ", ".join(a.name for a in cfg.attacks) or "none"
     out.print(f"ok: {config} — run '{cfg.name}' on {cfg.model}; prompt sets: {sizes}; attacks: {attacks}; "

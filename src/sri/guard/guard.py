@@ -365,8 +365,11 @@ def fit_guard(
     if every < 1:
         raise SriError(f"--stream-every must be ≥ 1 (got {every})")
     if stream == "off" and (min_prefix, every) != (1, 1):
-        raise SriError(f"--min-prefix / --stream-every apply to the streaming guard only (got {min_prefix} / "
-                       f"{every}); with --stream off drop them, or choose --stream union")
+        given = " and ".join(f"{name} {value}" for name, value in (("--min-prefix", min_prefix),
+                                                                   ("--stream-every", every)) if value != 1)
+        both = " and " in given
+        raise SriError(f"{given} {'apply' if both else 'applies'} to the streaming guard only; with --stream off "
+                       f"drop {'them' if both else 'it'}, or choose --stream union")
     params = detector_params or {}
     prefixes = sorted({*range(min_prefix, steps + 1, every), steps}) if stream != "off" else [steps]
     detectors = {t: make_detector(detector, seed=seed, **params).fit(x[:, :t]) for t in prefixes}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,16 @@ import torch
 from ..data.assets import MODELS, check_model_folder, model_asset, models_dir
 from ..errors import SriError
 from ..io import check_text
+from ..limits import DEFAULT_MAX_PROMPT_TOKENS
 from ..registry import Registry
 from .adapter import (
     DEFAULT_SYSTEM_PROMPT,
     Family,
     ModelAdapter,
+    count_prompt_tokens,
     folder_fingerprint,
     render_chat_template,
+    render_prompt,
     resolve_special_tokens,
 )
 from .causal import CAUSAL_FAMILIES, detect_family
@@ -324,7 +327,9 @@ def prepare_tokenizer(spec: str, source: str, is_local: bool, system_prompt: str
 
 def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
                 trust_remote_code: bool = False, layers: str | None = None, stop_tokens: Sequence[str | int] = (),
-                gen_length: int | None = None, diffusion: bool = False) -> Any:
+                gen_length: int | None = None, diffusion: bool = False,
+                prompts: Mapping[str, Sequence[Any]] | None = None,
+                max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> Any:
     """Fail now, in one line, if ``spec`` cannot be resolved or its tokenizer cannot serve generation (see
     :func:`prepare_tokenizer`); loads no weights. For commands that write before they load the model. Returns
     the prepared tokenizer.
@@ -332,7 +337,9 @@ def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     With the run's settings it also checks, from config.json and the tokenizer, what loading would refuse later:
     the ``layers`` spec (:func:`~sri.models.adapter.parse_layers`), the ``stop_tokens`` and a generation length
     of ``gen_length`` tokens against the context (``max_position_embeddings``); with ``diffusion``, that the model
-    declares a mask token where its family looks for one (:func:`~sri.models.masked.find_mask_id`)."""
+    declares a mask token where its family looks for one (:func:`~sri.models.masked.find_mask_id`); with
+    ``prompts`` (``{where: prompt records}``), that each rendered prompt is at most ``max_prompt_tokens`` tokens
+    and fits the context with ``gen_length`` more (the error starts with ``where``)."""
     source, is_local = resolve_model_source(spec)
     config = _load_config(spec, source, is_local, trust_remote_code)
     tokenizer = prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code, config=config)
@@ -350,6 +357,16 @@ def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         check_generation_length(gen_length, context_length(text_config))
     if diffusion:
         _check_mask_declared(spec, source, is_local, config, tokenizer)
+    if prompts:
+        from ..tracing.tracer import check_prompt_lengths
+
+        for where, records in prompts.items():
+            lengths = [count_prompt_tokens(tokenizer, render_prompt(tokenizer, r.prompt, system_prompt, spec))
+                       for r in records]
+            try:
+                check_prompt_lengths(records, lengths, max_prompt_tokens, gen_length or 0, context_length(text_config))
+            except SriError as e:
+                raise SriError(f"{where}: {e}") from None
     return tokenizer
 
 

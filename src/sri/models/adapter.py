@@ -130,15 +130,11 @@ class ModelAdapter:
         for text that is not valid Unicode or a template that fails.
         """
         sys_text = self.system_prompt if system is ... else system
-        check_text(prompt, "a prompt")
-        if self.uses_chat_template:
-            return render_chat_template(self.tokenizer, prompt, sys_text, self.name)  # type: ignore[arg-type]
-        head = f"{sys_text}\n\n" if sys_text else ""
-        return f"{head}User: {prompt}\nAssistant:"
+        return render_prompt(self.tokenizer, prompt, sys_text, self.name)  # type: ignore[arg-type]
 
     @property
     def uses_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return uses_chat_template(self.tokenizer)
 
     def encode(self, rendered: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``input_ids`` and ``attention_mask`` on the model's device."""
@@ -147,7 +143,7 @@ class ModelAdapter:
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def count_tokens(self, rendered: str) -> int:
-        return len(self.tokenizer(rendered, add_special_tokens=not self.uses_chat_template)["input_ids"])
+        return count_prompt_tokens(self.tokenizer, rendered)
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -181,6 +177,27 @@ class ModelAdapter:
         return {**self.key(), "kind": self.family.kind, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "system_prompt": self.system_prompt,
                 "chat_template": self.uses_chat_template, **self.extra}
+
+
+def uses_chat_template(tokenizer: Any) -> bool:
+    """Whether prompts are rendered with the tokenizer's chat template (else the plain layout of
+    :func:`render_prompt`)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer: Any, prompt: str, system: str | None, model: str) -> str:
+    """The exact text model ``model`` sees for one user turn (:meth:`ModelAdapter.render`); needs the tokenizer
+    only, so a run can check its prompts before any weights load."""
+    check_text(prompt, "a prompt")
+    if uses_chat_template(tokenizer):
+        return render_chat_template(tokenizer, prompt, system, model)
+    head = f"{system}\n\n" if system else ""
+    return f"{head}User: {prompt}\nAssistant:"
+
+
+def count_prompt_tokens(tokenizer: Any, rendered: str) -> int:
+    """Tokens of a rendered prompt as the tracer encodes it (a chat template already holds its special tokens)."""
+    return len(tokenizer(rendered, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"])
 
 
 def render_chat_template(tokenizer: Any, user: str, system: str | None, model: str) -> str:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ..data.assets import DEFAULT_MODEL
 from ..data.prompts import DEFAULT_SYSTEM_PROMPT
 from ..errors import SriError, clip
-from ..limits import MAX_SEED, MAX_THREADS
+from ..limits import DEFAULT_MAX_PROMPT_TOKENS, MAX_SEED, MAX_THREADS
 from ..stats.bootstrap import MAX_RESAMPLES
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -138,7 +138,7 @@ class LongBenign(Section):
     (other everyday instructions of the same dataset) to at least ``min_chars`` characters."""
 
     n: PositiveInt
-    #: at most 8000: a padded prompt must stay under the 4096-token prompt limit of every tracer
+    #: at most 8000: a padded prompt must stay under the default 4096-token prompt limit of every tracer
     min_chars: Annotated[int, Field(ge=1, le=8000)] = 1200
 
 
@@ -166,6 +166,11 @@ class Prompts(Section):
     def _anchors_given(self) -> Prompts:
         if self.anchors_file is None and (self.anchor_harmless is None or self.anchor_harmful is None):
             raise ValueError("give anchor_harmless and anchor_harmful prompt sets, or anchors_file")
+        both = [n for n in ("anchor_harmless", "anchor_harmful") if getattr(self, n) is not None]
+        if self.anchors_file is not None and both:  # the file's anchors are used: the sets would be traced for nothing
+            raise ValueError(f"give either anchor prompt sets (anchors fitted by the run) or anchors_file (anchors "
+                             f"reused), not both: {' and '.join(both)} would be traced and never used; drop "
+                             f"{'them' if len(both) > 1 else 'it'} or anchors_file")
         if (self.guard_fit is None) != (self.guard_calibrate is None):
             raise ValueError("guard_fit and guard_calibrate go together")
         return self
@@ -377,6 +382,8 @@ class RunConfig(Section):
     layers: str = "final"
     pooling: str | None = None
     batch_size: PositiveInt = 8
+    #: the longest rendered prompt traced (tokens), as `sri trace --max-prompt-tokens`; a check, not a setting
+    max_prompt_tokens: PositiveInt = DEFAULT_MAX_PROMPT_TOKENS
     prompts: Prompts
     attacks: list[Attack] = []
     controls: Controls = Controls()
@@ -620,7 +627,7 @@ def config_text(cfg: RunConfig) -> str:
 
 #: what may change between runs of one folder: cheap stages are redone (judge, analysis); how traces are computed
 #: (execution); a permission, not a setting (trust_remote_code: adding it after a refusal must not block the folder)
-RERUNNABLE = frozenset({"judge", "analysis", "execution", "trust_remote_code"})
+RERUNNABLE = frozenset({"judge", "analysis", "execution", "trust_remote_code", "max_prompt_tokens"})
 
 
 def identity(cfg: RunConfig) -> dict[str, Any]:

@@ -179,6 +179,7 @@ class Run:
         folder = safe_child(self.dir / "traces", name)
         if (folder / "run.json").is_file():
             store = TraceStore.open(folder)
+            _check_own_traces(store, name, records)
             if {r.id for r in records} <= store.done_ids():
                 return store
         execution = self.cfg.execution.build(log=self.log)
@@ -194,13 +195,32 @@ class Run:
         else:
             adapter = self.target()
         store = trace_prompts(adapter, records, folder, sampler=self.sampler, layers=self.cfg.layers,
-                              pooling=self.cfg.pooling, batch_size=self.cfg.batch_size, progress=self.progress,
+                              pooling=self.cfg.pooling, batch_size=self.cfg.batch_size,
+                              max_prompt_tokens=self.cfg.max_prompt_tokens, progress=self.progress,
                               description=f"{name:>24}", execution=execution)
         failed = getattr(store, "failed_batches", 0)
         if failed:
             raise SriError(f"{failed} batch(es) of {name} failed and were skipped; re-run the same command to retry "
                            "them before the analysis")
         return store
+
+
+def _check_own_traces(store: TraceStore, name: str, records: list[PromptRecord]) -> None:
+    """A run's ``traces/<set>/`` holds traces of that set only, each of its prompt text and label as the set has
+    them: a shard copied in from elsewhere would enter the results under the set's name. One-line
+    :class:`SriError` naming the shard otherwise."""
+    wanted = {r.id: (r.prompt, r.label) for r in records}
+    for rows_file, rows in store.shard_rows():
+        for row in rows:
+            have = wanted.get(row.get("id"))
+            if have is None:
+                problem = f"a trace of prompt {row.get('id')!r}, which is not in this run's {name} set"
+            elif (row.get("prompt"), row.get("label")) != have:
+                problem = f"a trace of prompt {row.get('id')!r} with another prompt text or label than the set has"
+            else:
+                continue
+            raise SriError(f"{rows_file} holds {problem}; a run folder traces only its own prompt sets — delete that "
+                           f"shard and its .safetensors (or all of {store.folder}) and re-run to trace them again")
 
 
 def _now() -> str:

@@ -51,7 +51,7 @@ def run(config: str | Path | RunConfig, out: str | Path | None = None, *, progre
     from .context import check_run_folder, claim_folder
 
     sets = stages.prompts(cfg)  # 1. every prompt set (validated before the folder is claimed)
-    preflight(cfg)
+    preflight(cfg, sets)
     if require_guard and cfg.guard is None:  # `sri eval`: an evaluation of the guard without a guard
         raise SriError(f"the config of run '{cfg.name}' has no guard: section, so `sri eval` would evaluate no guard; "
                        "add one (see configs/guard_eval.yaml) or run it with `sri run`")
@@ -139,15 +139,44 @@ def _run_samplers(cfg: RunConfig, run_dir: Path, sets: dict[str, list[PromptReco
         return write_comparison(run_dir, run_dirs, {n: s.model_dump(mode="json") for n, s in cfg.samplers.items()})
 
 
-def preflight(cfg: RunConfig) -> None:
-    """What a run reads besides its prompt sets, checked before anything is written: every model it names (target,
-    attack models, LLM-guard and judge models; an error names the field) exists and loads its tokenizer (no
-    weights), the target model takes the run's layers, stop tokens and generation lengths (and declares a mask
-    token under a diffusion sampler), and a reused ``anchors_file`` is a readable anchor file. One-line
-    :class:`SriError` otherwise."""
+def _prompts_to_trace(cfg: RunConfig, sets: dict[str, list[PromptRecord]]) -> dict[str, list[PromptRecord]]:
+    """``{config field: prompts}``: the prompt sets, and what each attack that runs no model makes of the harmful
+    behaviours (built here as stage 2 builds it: seeded, cheap), with their benign-in-template controls. An attack
+    that fails on the run's behaviours or options is a one-line error naming it."""
+    from ..attacks import AttackContext, get_attack, run_attack
+
+    out = {f"prompts.{name.replace('-', '_')}": records for name, records in sets.items()}
+    behaviours = sets["harmful"]
+    for i, a in enumerate(cfg.attacks):
+        spec = get_attack(a.name)
+        if spec.needs_target or spec.reads_target:  # these run a model; stage 2 checks what it builds
+            continue
+        where = f"attacks[{i}] ({a.name})"
+        try:
+            out[where] = run_attack(a.name, behaviours[: a.n or len(behaviours)], AttackContext(seed=cfg.seed),
+                                    **a.options)
+            if cfg.controls.benign_in_template:
+                out[f"{where} on controls.benign_in_template"] = run_attack(
+                    a.name, sets["harmless"], AttackContext(seed=cfg.seed), **a.options)
+        except SriError as e:
+            raise SriError(f"config: {where}: {e}") from None
+    return out
+
+
+def preflight(cfg: RunConfig, sets: dict[str, list[PromptRecord]]) -> None:
+    """What would make a run fail after it started writing, checked before: every model it names (target, attack
+    models, LLM-guard and judge models; an error names the field) exists and loads its tokenizer (no weights), the
+    target model takes the run's layers, stop tokens and generation lengths (and declares a mask token under a
+    diffusion sampler), a reused ``anchors_file`` is a readable anchor file of the run's settings, the device
+    exists (local execution), the attacks that run no model build on the run's behaviours, and every prompt of
+    ``sets`` (:func:`~sri.pipeline.stages.prompts`) and of those attacks fits ``max_prompt_tokens`` and the
+    model's context. One-line :class:`SriError` otherwise."""
     from ..judges.llm import judge_model_for
-    from ..models import check_model
+    from ..models import check_model, pick_device
     from ..signal import Anchors
+
+    if cfg.execution.backend == "local" or cfg.execution.address == "local":  # a remote cluster has its own devices
+        pick_device(cfg.device)
 
     if cfg.prompts.anchors_file:
         key = Anchors.load(cfg.prompts.anchors_file).key
@@ -163,7 +192,8 @@ def preflight(cfg: RunConfig) -> None:
     longest = max(getattr(s, "gen_length", s.steps) for s in (cfg.samplers or {"": cfg.sampler}).values())
     check_model(cfg.model, system_prompt=cfg.system_prompt or None, trust_remote_code=cfg.trust_remote_code,
                 layers=cfg.layers, stop_tokens=cfg.stop_tokens, gen_length=longest,
-                diffusion=cfg.sampler_kind == "diffusion")
+                diffusion=cfg.sampler_kind == "diffusion", prompts=_prompts_to_trace(cfg, sets),
+                max_prompt_tokens=cfg.max_prompt_tokens)
     named = {"attack_model": cfg.attack_model, "attacker": cfg.attacker,
              "defenses.llm_guard_model": cfg.defenses.llm_guard_model, "judge.model": judge_model_for(cfg.judge.model)}
     checked = {cfg.model}

@@ -121,17 +121,28 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
 
 
 def _describe(spec: dict[str, Any]) -> str:
-    if spec.get("kind") == "diffusion-ar":
-        return f"AR order ({spec.get('steps')} tokens, one per step)"
-    if spec.get("kind", "ar") == "ar":
-        return f"AR decoding, T={spec.get('steps', 32)}"
-    parts = [f"{spec.get('remasking', 'low_confidence')} remasking", f"{spec.get('steps', 32)} steps"]
-    if spec.get("schedule"):
-        parts.insert(0, f"{spec['schedule']} schedule")
-    if spec.get("gen_length"):
-        parts.append(f"{spec['gen_length']} slots")
-    if spec.get("block_length"):
-        parts.append(f"blocks of {spec['block_length']}")
+    """The sampler in words: its kind and length, then every setting that differs from the default (two samplers
+    of a comparison always differ somewhere, so the description must show where)."""
+    from ..pipeline.config import ARSampler, DiffusionARSampler, DiffusionSampler
+
+    kind = spec.get("kind", "ar")
+    if kind == "diffusion-ar":
+        parts, cls = [f"AR order ({spec.get('steps')} tokens, one per step)"], DiffusionARSampler
+    elif kind == "ar":
+        parts, cls = [f"AR decoding, T={spec.get('steps', 32)}"], ARSampler
+    else:
+        cls = DiffusionSampler
+        parts = [f"{spec.get('remasking', 'low_confidence')} remasking", f"{spec.get('steps', 32)} steps"]
+        if spec.get("schedule"):
+            parts.insert(0, f"{spec['schedule']} schedule")
+        if spec.get("gen_length"):
+            parts.append(f"{spec['gen_length']} slots")
+        if spec.get("block_length"):
+            parts.append(f"blocks of {spec['block_length']}")
+    shown = {"kind", "steps", "remasking", "schedule", "gen_length", "block_length"}
+    parts += [f"{name.replace('_', ' ')} {spec[name]:g}" if isinstance(spec[name], float) else
+              f"{name.replace('_', ' ')} {spec[name]}" for name, field in cls.model_fields.items()
+              if name not in shown and name in spec and spec[name] != field.default]
     return ", ".join(parts)
 
 

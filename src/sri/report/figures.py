@@ -159,16 +159,21 @@ def sampler_rates(comparison: dict[str, Any], out: str | Path, title: str = "Sam
     groups = comparison["groups"]
     x = np.arange(len(groups))
     width = 0.8 / max(1, len(names))
-    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.7 * len(groups) + 2), 7.0), sharex=True)
-    for ax, key, label in ((axes[0], "refusal_rate", "Refusal rate (keyword judge)"),
-                           (axes[1], "attack_success_rate", "Attack success rate (LLM judge)")):
+    panels = [("refusal_rate", "Refusal rate (keyword judge)")]
+    if any(((row["samplers"].get(n) or {}).get("attack_success_rate") or {}).get("value") is not None
+           for row in groups for n in names):  # a run without an LLM judge has no ASR: no empty panel
+        panels.append(("attack_success_rate", "Attack success rate (LLM judge)"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.7 * len(groups) + 2), 3.5 * len(panels)),
+                             sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    for ax, (key, label) in zip(axes, panels, strict=True):
         for k, name in enumerate(names):
             vals = [_err((row["samplers"].get(name) or {}).get(key)) for row in groups]
             ax.bar(x + (k - (len(names) - 1) / 2) * width, [v[0] for v in vals], width, label=name,
                    yerr=[[v[1] for v in vals], [v[2] for v in vals]], capsize=2)
         ax.set_ylim(0, 1.05)
         ax.set_title(label)
-    axes[1].set_xticks(x, [r["group"] for r in groups], rotation=35, ha="right")
+    axes[-1].set_xticks(x, [r["group"] for r in groups], rotation=35, ha="right")
     axes[0].legend(fontsize=8, ncols=min(4, len(names)))
     fig.suptitle(title)
     return save_figure(fig, out)

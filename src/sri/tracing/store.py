@@ -346,9 +346,14 @@ class TraceStore:
         for rows_file in self._complete_shards():
             yield self._check_shard(rows_file, states=True)
 
+    def shard_rows(self) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+        """``(rows file, its rows)`` per shard in order, each shard checked (readable, row counts, key) first."""
+        for rows_file in self._complete_shards():
+            yield rows_file, self._check_shard(rows_file)[0]
+
     def rows(self) -> list[dict[str, Any]]:
         """All rows, each shard checked (readable, row counts, key) first."""
-        return [row for rows_file in self._complete_shards() for row in self._check_shard(rows_file)[0]]
+        return [row for _, rows in self.shard_rows() for row in rows]
 
     def load(self, layers: list[int] | None = None) -> tuple[list[dict[str, Any]], dict[int, torch.Tensor]]:
         """All rows and the stacked states ``{layer: [N, T, D]}`` (empty folder → a one-line error)."""
@@ -470,7 +475,6 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            return f"{k}: {clip(a.get(k))} vs {clip(b.get(k))}"
-    return "unknown difference"
+    """``path: old vs new`` at the first differing leaf, so long entries (a guard's record) show what differs."""
+    path, x, y = _difference_path(a, b)
+    return "unknown difference" if path == "(all)" else f"{path}: {clip(x)} vs {clip(y)}"

@@ -14,13 +14,12 @@ import torch
 
 from ..data.prompts import PromptRecord
 from ..errors import SriError
+from ..limits import DEFAULT_MAX_PROMPT_TOKENS
 from ..models import ModelAdapter
 from ..pooling import POOLINGS, StateCollector, get_pooling
 from ..progress import progress_bar
 from ..sampling import SAMPLERS, ARConfig, StepObserver, resolve_sampler
 from .store import TraceStore
-
-DEFAULT_MAX_PROMPT_TOKENS = 4096
 
 
 def trace_key(adapter: ModelAdapter, sampler: Any, layers: list[int], pooling: str) -> dict[str, Any]:
@@ -346,6 +345,14 @@ def _check_lengths(adapter: ModelAdapter, records: Sequence[PromptRecord], lengt
 
     max_pos = context_length(adapter.model.config)
     check_generation_length(gen_length, max_pos)
+    check_prompt_lengths(records, lengths, limit, gen_length, max_pos)
+
+
+def check_prompt_lengths(records: Sequence[PromptRecord], lengths: Sequence[int], limit: int, gen_length: int,
+                         max_pos: int | None) -> None:
+    """Each rendered prompt (``lengths[i]`` tokens) within ``limit`` tokens and, with ``gen_length`` generated
+    tokens, within the model's context ``max_pos`` (``None``: unknown). One-line :class:`SriError` naming the first
+    prompt that is not."""
     for rec, n in zip(records, lengths, strict=True):
         if n > limit:
             raise SriError(f"prompt '{rec.id}' is {n} tokens, over the limit of {limit}; shorten it or raise "
