@@ -1362,3 +1362,37 @@ def test_a_resume_with_another_guard_names_the_entry_that_differs() -> None:
 
     old = {"guard": {"path": "/g" * 80, "threshold": 0.25, "stop": True}, "layers": [30]}
     assert _first_difference(old, {**old, "guard": {**old["guard"], "stop": False}}) == "guard.stop: True vs False"
+
+
+def test_a_resume_refuses_an_attack_file_changed_since_the_run_built_it(tmp_path) -> None:
+    """attacks/<name>.jsonl is reused on resume: an edited row would be traced under the attack's name."""
+    from types import SimpleNamespace
+
+    from sri.attacks import AttackContext, run_attack
+    from sri.data.prompts import PromptRecord
+    from sri.io import read_jsonl, write_jsonl
+    from sri.pipeline.stages import _check_attack_file
+
+    run = SimpleNamespace(cfg=SimpleNamespace(seed=3))
+    behaviours = [PromptRecord(f"b{i}", f"explain bad thing {i}", "harmful", "t") for i in range(3)]
+    path = tmp_path / "attacks" / "flip.jsonl"
+    path.parent.mkdir()
+    write_jsonl(path, [r.to_row() for r in run_attack("flip", behaviours, AttackContext(seed=3), mode="random")])
+    _check_attack_file(run, "flip", path, behaviours, {"mode": "random"})  # as built: fine
+    with pytest.raises(SriError, match="first difference"):  # other options: not what the run builds
+        _check_attack_file(run, "flip", path, behaviours, {})
+    rows = read_jsonl(path)
+    rows[1]["prompt"] = "something else"
+    write_jsonl(path, rows)
+    with pytest.raises(SriError, match=r"flip\.jsonl was changed since the run built it: .*first difference: id "
+                                       r"'flip:b1'.* delete it and the traces of that set \(traces/flip/\)"):
+        _check_attack_file(run, "flip", path, behaviours, {"mode": "random"})
+    # an attack that runs a model: one jailbreak row per behaviour, each naming its behaviour
+    rs = tmp_path / "attacks" / "random_search.jsonl"
+    write_jsonl(rs, [{"id": f"random_search:{b.id}", "prompt": "x", "label": "jailbreak", "source": "t",
+                      "behavior": b.prompt} for b in behaviours[:2]])
+    _check_attack_file(run, "random_search", rs, behaviours[:2], {})
+    with pytest.raises(SriError, match="it lacks 'random_search:b2'"):
+        _check_attack_file(run, "random_search", rs, behaviours, {})
+    with pytest.raises(SriError, match="is not a jailbreak row of one of this run's behaviours"):
+        _check_attack_file(run, "random_search", rs, behaviours[:1], {})

@@ -180,16 +180,59 @@ def attacks(run: Run, sets: dict[str, list[PromptRecord]]) -> dict[str, list[Pro
                 run.log(f"skipping attack {a.name}: {skipped[a.name]}")
                 continue
             _build_attack(run, a.name, a.options, behaviours[: a.n or len(behaviours)], final)
+        else:
+            _check_attack_file(run, a.name, final, behaviours[: a.n or len(behaviours)], a.options)
         out[a.name] = load_prompts(final)
         if run.cfg.controls.benign_in_template and not (spec.needs_target or spec.reads_target):
             control = safe_child(run.dir / "attacks", a.name, f"{CONTROL_SUFFIX}.jsonl")
+            rows = _benign_controls(run, a.name, sets["harmless"], a.options)
             if not control.is_file():
-                wrapped = run_attack(a.name, sets["harmless"], AttackContext(seed=run.cfg.seed), **a.options)
-                write_jsonl(control, [PromptRecord(
-                    id=f"benign:{r.id}", prompt=r.prompt, label="harmless", source=r.source,
-                    meta={**r.meta, "control": "benign-in-template"}).to_row() for r in wrapped])
+                write_jsonl(control, rows)
+            else:
+                _same_rows(control, rows, f"the benign-in-template control of attack {a.name}",
+                           f"{a.name}{CONTROL_SUFFIX}")
             out[f"{a.name}{CONTROL_SUFFIX}"] = load_prompts(control)
     return out
+
+
+def _benign_controls(run: Run, name: str, harmless: list[PromptRecord], options: dict[str, Any]
+                     ) -> list[dict[str, Any]]:
+    """The rows of ``attacks/<name>+benign.jsonl``: the attack's wrapping of the harmless test requests."""
+    wrapped = run_attack(name, harmless, AttackContext(seed=run.cfg.seed), **options)
+    return [PromptRecord(id=f"benign:{r.id}", prompt=r.prompt, label="harmless", source=r.source,
+                         meta={**r.meta, "control": "benign-in-template"}).to_row() for r in wrapped]
+
+
+def _check_attack_file(run: Run, name: str, path: Path, behaviours: list[PromptRecord],
+                       options: dict[str, Any]) -> None:
+    """A resume reuses ``attacks/<name>.jsonl``: it must hold what the attack built on this run's behaviours. An
+    attack that runs no model is rebuilt (seeded, cheap) and compared row by row; one that runs a model must hold
+    one jailbreak row per behaviour, each naming its behaviour. One-line :class:`SriError` otherwise."""
+    spec = get_attack(name)
+    if not (spec.needs_target or spec.reads_target):
+        built = run_attack(name, behaviours, AttackContext(seed=run.cfg.seed), **options)
+        _same_rows(path, [r.to_row() for r in built], f"what attack {name} builds from this run's behaviours", name)
+        return
+    wanted = {f"{name}:{b.id}": b.prompt for b in behaviours}
+    for row in read_jsonl(path):
+        if wanted.pop(row.get("id"), None) != row.get("behavior") or row.get("label") != "jailbreak":
+            raise _edited(path, name, f"row {row.get('id')!r} is not a jailbreak row of one of this run's behaviours")
+    if wanted:
+        raise _edited(path, name, f"it lacks {next(iter(wanted))!r}")
+
+
+def _same_rows(path: Path, rows: list[dict[str, Any]], what: str, trace_set: str) -> None:
+    saved, rows = read_jsonl(path), json.loads(json.dumps(rows))
+    if saved != rows:
+        old = {r.get("id"): r for r in saved}
+        new = {r["id"]: r for r in rows}
+        first = next((i for i in [*new, *old] if old.get(i) != new.get(i)), "?")
+        raise _edited(path, trace_set, f"it is not {what} (first difference: id {first!r})")
+
+
+def _edited(path: Path, trace_set: str, problem: str) -> SriError:
+    return SriError(f"{path} was changed since the run built it: {problem}; delete it and the traces of that set "
+                    f"(traces/{trace_set}/) to build both again, or use another --out folder")
 
 
 def _build_attack(run: Run, name: str, options: dict[str, Any], records: list[PromptRecord], final: Any) -> None:
