@@ -1396,3 +1396,31 @@ def test_a_resume_refuses_an_attack_file_changed_since_the_run_built_it(tmp_path
         _check_attack_file(run, "random_search", rs, behaviours, {})
     with pytest.raises(SriError, match="is not a jailbreak row of one of this run's behaviours"):
         _check_attack_file(run, "random_search", rs, behaviours[:1], {})
+
+
+# ------------------------------------------------------------------- round 20 (50 inputs, 2 broke)
+def test_a_plot_reference_must_measure_sigma_the_same_way(tmp_path, capsys) -> None:
+    """σ under another model or other anchors is another number: not drawn beside the signals."""
+    key = {"model": "m", "layer": 2, "steps": 4, "fingerprint": "f1", "hidden_size": 8, "anchors": "a" * 16}
+    signals = _write_jsonl(tmp_path / "s.jsonl", [_signal_row(i, key=key) for i in range(3)])
+    for change, where in (({"anchors": "b" * 16}, "anchors"), ({"fingerprint": "f2", "hidden_size": 16},
+                                                                "fingerprint")):
+        ref = _write_jsonl(tmp_path / "r.jsonl", [_signal_row(i, key={**key, **change}) for i in range(3)])
+        res = run_cli(["plot", "--signals", str(signals), "--reference", str(ref), "--out",
+                       str(tmp_path / "p.png")], capsys)
+        assert_one_line_error(res, f"the signals and the reference differ in {where}")
+        assert not (tmp_path / "p.png").exists()
+    sampled = _write_jsonl(tmp_path / "r.jsonl", [_signal_row(i, key={**key, "decoding": {"temperature": 0.7}})
+                                                  for i in range(3)])  # same anchors, another decoding: comparable
+    assert run_cli(["plot", "--signals", str(signals), "--reference", str(sampled), "--out",
+                    str(tmp_path / "p.png")], capsys).code == 0
+
+
+def test_a_ray_pool_this_machine_cannot_hold_is_refused_by_validate_and_before_the_run_folder(tmp_path,
+                                                                                              capsys) -> None:
+    import os
+
+    cfg = _config(tmp_path, **{"execution": {"backend": "ray", "workers": (os.cpu_count() or 1) + 1}})
+    _refused_by_validate_and_run(cfg, "CPU(s), but the Ray cluster has", tmp_path, capsys)
+    cfg = _config(tmp_path, **{"execution": {"backend": "ray", "workers": 1, "gpus_per_worker": 64}})
+    _refused_by_validate_and_run(cfg, "need 64 GPU(s), but the Ray cluster has", tmp_path, capsys)

@@ -249,9 +249,11 @@ def trace(
         if guard is not None:
             raise SriError("--guard runs with --backend local only for now; drop --guard or --backend ray")
         from ..tracing.executors import load_for_execution
-        from ..tracing.executors.ray import import_ray
+        from ..tracing.executors.ray import check_local_pool, import_ray
 
         import_ray()  # a missing extra fails before anything is loaded
+        if ray_address == "local":  # a pool this machine cannot hold fails before a cluster is started
+            check_local_pool(execution)
         diffusion = bool(model_options.pop("diffusion", False))
         execution.model = ModelSpec(model, diffusion=diffusion, device=device, dtype=dtype,
                                     system_prompt=system_prompt or None,

@@ -168,15 +168,19 @@ def preflight(cfg: RunConfig, sets: dict[str, list[PromptRecord]]) -> None:
     models, LLM-guard and judge models; an error names the field) exists and loads its tokenizer (no weights), the
     target model takes the run's layers, stop tokens and generation lengths (and declares a mask token under a
     diffusion sampler), a reused ``anchors_file`` is a readable anchor file of the run's settings, the device
-    exists (local execution), the attacks that run no model build on the run's behaviours, and every prompt of
-    ``sets`` (:func:`~sri.pipeline.stages.prompts`) and of those attacks fits ``max_prompt_tokens`` and the
-    model's context. One-line :class:`SriError` otherwise."""
+    exists and a private Ray cluster can hold the worker pool (local execution), the attacks that run no model
+    build on the run's behaviours, and every prompt of ``sets`` (:func:`~sri.pipeline.stages.prompts`) and of
+    those attacks fits ``max_prompt_tokens`` and the model's context. One-line :class:`SriError` otherwise."""
     from ..judges.llm import judge_model_for
     from ..models import check_model, pick_device
     from ..signal import Anchors
 
     if cfg.execution.backend == "local" or cfg.execution.address == "local":  # a remote cluster has its own devices
         pick_device(cfg.device)
+    if cfg.execution.backend == "ray" and cfg.execution.address == "local":  # this machine's pool, without Ray
+        from ..tracing.executors.ray import check_local_pool
+
+        check_local_pool(cfg.execution.build())
 
     if cfg.prompts.anchors_file:
         key = Anchors.load(cfg.prompts.anchors_file).key

@@ -29,6 +29,22 @@ def group_name(row: dict[str, Any]) -> str:
     return f"{row['label']} · {'refused' if row['refused'] else 'answered'}"
 
 
+#: what makes two σ comparable on one axis: the same model, layer and anchors (the anchors' key fixes the rest);
+#: the decoding may differ (a sampled reference for greedy signals)
+COMPARABLE_FIELDS = ("fingerprint", "hidden_size", "layer", "anchors")
+
+
+def _check_same_scale(rows: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> None:
+    """A reference drawn beside the signals must measure σ the same way (:data:`COMPARABLE_FIELDS`): σ under
+    another model or other anchors is another number. Rows without a key (hand-made) are not checked."""
+    from ..tracing.store import check_compatible
+
+    key = rows[0].get("key")
+    for r in reference:
+        if isinstance(key, dict) and isinstance(r.get("key"), dict):
+            check_compatible(key, r["key"], "the signals", "the reference", COMPARABLE_FIELDS)
+
+
 @literal_text
 def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title: str = "SRI over generation steps",
                       reference: Sequence[dict[str, Any]] | None = (), max_lines: int = 12) -> Path:
@@ -49,6 +65,7 @@ def plot_trajectories(rows: Sequence[dict[str, Any]], out: str | Path, *, title:
     if bad is not None:
         raise SriError(f"the reference signals have {len(bad['sri'])} steps, the signals {steps}; give a reference "
                        "computed with the same step count")
+    _check_same_scale(rows, reference)
     if reference and not any((r["label"], r["refused"]) in (("harmless", False), ("harmful", True))
                              for r in reference):
         raise SriError("the reference holds no answered harmless and no refused harmful row (labels 'harmless' / "

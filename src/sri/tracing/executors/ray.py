@@ -232,17 +232,31 @@ def _cluster(ray: Any, ex: Execution) -> Iterator[bool]:
 def check_resources(ray: Any, ex: Execution) -> None:
     """Refuse, in one line, a pool the cluster can never hold (Ray would wait for it forever)."""
     total = ray.cluster_resources()
+    per_node = max((n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0)
+    check_pool(ex, total.get("CPU", 0.0), total.get("GPU", 0.0), per_node)
+
+
+def check_local_pool(ex: Execution) -> None:
+    """:func:`check_pool` for a private local cluster (``address: local``) without starting it: such a cluster
+    holds this machine's GPUs and its CPUs (or ``num_cpus``), on one node."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    check_pool(ex, ex.num_cpus or os.cpu_count() or 1, gpus, gpus)
+
+
+def check_pool(ex: Execution, cpus: float, gpus: float, node_gpus: float) -> None:
+    """The smallest pool of ``ex`` (``workers[0]`` workers, ``gpus_per_worker`` each, one CPU each) must fit a
+    cluster of ``cpus`` CPUs and ``gpus`` GPUs whose largest node has ``node_gpus``. One-line :class:`SriError`."""
     lo = ex.workers[0]
-    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     if ex.gpus_per_worker > 0:
         need = lo * ex.gpus_per_worker
         if gpus < need:
             raise SriError(f"{lo} worker(s) × --gpus-per-worker {ex.gpus_per_worker:g} need {need:g} GPU(s), but the "
                            f"Ray cluster has {gpus:g}; lower --workers/--gpus-per-worker or add GPU nodes")
-        per_node = max((n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0)
-        if ex.gpus_per_worker > per_node:
+        if ex.gpus_per_worker > node_gpus:
             raise SriError(f"--gpus-per-worker {ex.gpus_per_worker:g} exceeds the GPUs of every node (at most "
-                           f"{per_node:g}); a worker runs on one node")
+                           f"{node_gpus:g}); a worker runs on one node")
     if cpus < lo:
         raise SriError(f"{lo} worker(s) need {lo} CPU(s), but the Ray cluster has {cpus:g}; lower --workers")
 
