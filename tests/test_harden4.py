@@ -1424,3 +1424,58 @@ def test_a_ray_pool_this_machine_cannot_hold_is_refused_by_validate_and_before_t
     _refused_by_validate_and_run(cfg, "CPU(s), but the Ray cluster has", tmp_path, capsys)
     cfg = _config(tmp_path, **{"execution": {"backend": "ray", "workers": 1, "gpus_per_worker": 64}})
     _refused_by_validate_and_run(cfg, "need 64 GPU(s), but the Ray cluster has", tmp_path, capsys)
+
+
+# ------------------------------------------------------------------- round 21 (50 inputs, 3 broke)
+def _anchors_file(tiny_llama, tmp_path: Path, layers: list[int]) -> Path:
+    """An anchors file for SmolLM2's key (hidden size of the tiny model: only the layers are looked at here)."""
+    import torch
+
+    from sri.sampling import ARConfig
+    from sri.signal import Anchors
+    from sri.tracing.tracer import trace_key
+
+    key = {**trace_key(tiny_llama, ARConfig(steps=4), layers, "producing"), "model": "smollm2-135m-instruct",
+           "system_prompt": "You are a helpful assistant"}
+    d = tiny_llama.hidden_size
+    path = tmp_path / "a.safetensors"
+    Anchors(harmless={i: torch.zeros(4, d) for i in layers}, harmful={i: torch.ones(4, d) for i in layers},
+            key=key).save(path)
+    return path
+
+
+@pytest.mark.parametrize("layers, missing", [("mid", "[15]"), ("first,final", "[1]")])
+def test_a_run_asking_for_layers_its_anchors_file_lacks_is_refused_before_writing(tiny_llama, tmp_path, capsys,
+                                                                                  layers, missing) -> None:
+    """Refused, not traced for nothing (mid) nor traced and dropped in silence (first,final)."""
+    anchors = _anchors_file(tiny_llama, tmp_path, [30])
+    cfg = _config(tmp_path, layers=layers, **{"prompts.anchors_file": str(anchors), "prompts.anchor_harmless": None,
+                                              "prompts.anchor_harmful": None})
+    _refused_by_validate_and_run(cfg, f"holds anchors for layer(s) [30], but layers '{layers}' also asks for "
+                                      f"{missing}, which would be traced and get no σ", tmp_path, capsys)
+
+
+def test_a_guard_is_fitted_on_at_least_two_benign_prompts(tmp_path, capsys) -> None:
+    cfg = _config(tmp_path, guard={"detector": "ae"}, **{"prompts.guard_fit": {"dataset": "harmless", "n": 1},
+                                                          "prompts.guard_calibrate": {"dataset": "harmless", "n": 1}})
+    _refused_by_validate_and_run(cfg, "prompts.guard_fit.n must be ≥ 2", tmp_path, capsys)
+
+
+def test_signal_says_which_traced_layers_have_no_anchors(tiny_llama, tmp_path, capsys) -> None:
+    import torch
+
+    from sri.data.prompts import PromptRecord
+    from sri.sampling import ARConfig
+    from sri.signal import Anchors
+    from sri.tracing.tracer import trace_prompts
+
+    store = trace_prompts(tiny_llama, [PromptRecord("z", "hello there", "harmless", "t")], tmp_path / "two",
+                          sampler=ARConfig(steps=3), layers="first,final", progress=False)
+    first, final = store.layers
+    d = tiny_llama.hidden_size
+    Anchors(harmless={final: torch.zeros(3, d)}, harmful={final: torch.ones(3, d)}, key=store.key).save(
+        tmp_path / "a.safetensors")
+    res = run_cli(["signal", "--anchors", str(tmp_path / "a.safetensors"), "--traces", str(tmp_path / "two"),
+                   "--out", str(tmp_path / "s.jsonl")], capsys)
+    assert res.code == 0, res.err
+    assert f"note: layer(s) [{first}] of" in res.err and "their σ is not computed" in res.err

@@ -384,9 +384,10 @@ def signal(
                            "once")
         seen[real] = folder
     fitted = Anchors.load(anchors_file)
-    rows, origin = [], {}
+    rows, origin, notes = [], {}, []
     for folder in traces:
-        for row in compute_signals(fitted, TraceStore.open(folder), layer):
+        store = TraceStore.open(folder)
+        for row in compute_signals(fitted, store, layer):
             if row["id"] in origin and origin[row["id"]] == folder:
                 raise SriError(f"id {clip(row['id'])} appears twice in --traces {folder}; ids must be unique (trace "
                                "the prompts again into a new folder with distinct ids)")
@@ -395,7 +396,13 @@ def signal(
                                "ids must be unique across the folders (give the prompts distinct ids)")
             origin[row["id"]] = folder
             rows.append(row)
+        unanchored = [i for i in store.layers if i not in fitted.layers]
+        if unanchored:  # said, not refused: tracing more layers than one set of anchors covers is legitimate
+            notes.append(f"note: layer(s) {unanchored} of {folder} have no anchors in {anchors_file}; their σ is "
+                         "not computed")
     write_jsonl(out_file, rows)
+    for note in notes:  # once every folder was read: a refusal stays one line
+        err.print(note, highlight=False, soft_wrap=True)
     err.print(f"[green]{len(rows)} signals[/] → {out_file}")
 
 

@@ -344,12 +344,8 @@ def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     config = _load_config(spec, source, is_local, trust_remote_code)
     tokenizer = prepare_tokenizer(spec, source, is_local, system_prompt, trust_remote_code, config=config)
     text_config = getattr(config, "text_config", None) or config
-    n_layers = next((getattr(text_config, a) for a in ("num_hidden_layers", "n_layers", "num_layers")
-                     if isinstance(getattr(text_config, a, None), int)), None)
-    if layers is not None and n_layers is not None:
-        from .adapter import parse_layers
-
-        parse_layers(layers, n_layers)
+    if layers is not None:
+        _layer_ids(text_config, layers)
     if stop_tokens:
         size = max(int(getattr(text_config, "vocab_size", 0) or 0), len(tokenizer))
         requested_stop_ids(spec, tokenizer.get_vocab(), size, stop_tokens)
@@ -368,6 +364,22 @@ def check_model(spec: str, *, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
             except SriError as e:
                 raise SriError(f"{where}: {e}") from None
     return tokenizer
+
+
+def model_layers(spec: str, layers: str, *, trust_remote_code: bool = False) -> list[int] | None:
+    """Hidden-state indices of the layer spec ``layers`` for model ``spec``, from its config.json (no weights);
+    ``None`` if the config names no layer count. One-line :class:`SriError` for a spec the model refuses."""
+    source, is_local = resolve_model_source(spec)
+    config = _load_config(spec, source, is_local, trust_remote_code)
+    return _layer_ids(getattr(config, "text_config", None) or config, layers)
+
+
+def _layer_ids(text_config: Any, layers: str) -> list[int] | None:
+    from .adapter import parse_layers
+
+    n_layers = next((getattr(text_config, a) for a in ("num_hidden_layers", "n_layers", "num_layers")
+                     if isinstance(getattr(text_config, a, None), int)), None)
+    return None if n_layers is None else parse_layers(layers, n_layers)
 
 
 def _check_mask_declared(spec: str, source: str, is_local: bool, config: Any, tokenizer: Any) -> None:

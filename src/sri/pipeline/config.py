@@ -442,6 +442,9 @@ class RunConfig(Section):
                                  "trajectory")
         if self.guard is not None and self.prompts.guard_fit is None:
             raise ValueError("guard needs prompts.guard_fit and prompts.guard_calibrate (benign prompt sets)")
+        if self.guard is not None and self.prompts.guard_fit.n < 2:  # one signal has no spread to learn
+            raise ValueError(f"prompts.guard_fit.n must be ≥ 2: a guard is fitted on the spread of several benign "
+                             f"signals (got {self.prompts.guard_fit.n}); use dozens for a useful threshold")
         if self.guard is None and self.prompts.guard_fit is not None:
             raise ValueError("prompts.guard_fit and guard_calibrate are the guard's fit and calibration sets, and "
                              "there is no guard section; add one (e.g. guard: {detector: ae}) or drop those sets")

@@ -172,7 +172,7 @@ def preflight(cfg: RunConfig, sets: dict[str, list[PromptRecord]]) -> None:
     build on the run's behaviours, and every prompt of ``sets`` (:func:`~sri.pipeline.stages.prompts`) and of
     those attacks fits ``max_prompt_tokens`` and the model's context. One-line :class:`SriError` otherwise."""
     from ..judges.llm import judge_model_for
-    from ..models import check_model, pick_device
+    from ..models import check_model, model_layers, pick_device
     from ..signal import Anchors
 
     if cfg.execution.backend == "local" or cfg.execution.address == "local":  # a remote cluster has its own devices
@@ -182,8 +182,10 @@ def preflight(cfg: RunConfig, sets: dict[str, list[PromptRecord]]) -> None:
 
         check_local_pool(cfg.execution.build())
 
+    anchor_layers = None
     if cfg.prompts.anchors_file:
-        key = Anchors.load(cfg.prompts.anchors_file).key
+        reused = Anchors.load(cfg.prompts.anchors_file)
+        key, anchor_layers = reused.key, reused.layers
         for spec in (cfg.samplers or {"": cfg.sampler}).values():  # what the config alone tells (the rest: stage 6)
             sampler = spec.build()
             wanted = {"model": cfg.model, "sampler": sampler.name, "steps": sampler.steps,
@@ -198,6 +200,13 @@ def preflight(cfg: RunConfig, sets: dict[str, list[PromptRecord]]) -> None:
                 layers=cfg.layers, stop_tokens=cfg.stop_tokens, gen_length=longest,
                 diffusion=cfg.sampler_kind == "diffusion", prompts=_prompts_to_trace(cfg, sets),
                 max_prompt_tokens=cfg.max_prompt_tokens)
+    if anchor_layers is not None:  # a traced layer without anchors would get no σ, in silence
+        ids = model_layers(cfg.model, cfg.layers, trust_remote_code=cfg.trust_remote_code) or []
+        missing = [i for i in ids if i not in anchor_layers]
+        if missing:
+            raise SriError(f"prompts.anchors_file {cfg.prompts.anchors_file} holds anchors for layer(s) "
+                           f"{anchor_layers}, but layers '{cfg.layers}' also asks for {missing}, which would be "
+                           "traced and get no σ; ask only for layers the anchors hold, or use anchors fitted on them")
     named = {"attack_model": cfg.attack_model, "attacker": cfg.attacker,
              "defenses.llm_guard_model": cfg.defenses.llm_guard_model, "judge.model": judge_model_for(cfg.judge.model)}
     checked = {cfg.model}

@@ -372,9 +372,13 @@ def guard(run: Run, fitted: Anchors, sig: dict[str, list[dict[str, Any]]]) -> An
     if (folder / "guard.json").is_file():
         fitted_guard = Guard.load(folder)
     else:
-        fitted_guard = fit_guard(sig["guard-fit"], sig["guard-calibrate"], detector=g.detector, quantile=g.quantile,
-                                 seed=run.cfg.seed, stream=g.stream, every=g.every, anchors=fitted,
-                                 sources={"fit": "guard-fit (benign)", "calibrate": "guard-calibrate (benign)"})
+        try:
+            fitted_guard = fit_guard(sig["guard-fit"], sig["guard-calibrate"], detector=g.detector,
+                                     quantile=g.quantile, seed=run.cfg.seed, stream=g.stream, every=g.every,
+                                     anchors=fitted, sources={"fit": "guard-fit (benign)",
+                                                              "calibrate": "guard-calibrate (benign)"})
+        except SriError as e:  # what the signals of the run's guard sets allow: the fix is in those sets
+            raise SriError(f"guard (fitted on prompts.guard_fit, calibrated on prompts.guard_calibrate): {e}") from None
         fitted_guard.save(folder)
     if fitted_guard.stream_thresholds:
         rows = []
