@@ -1479,3 +1479,14 @@ def test_signal_says_which_traced_layers_have_no_anchors(tiny_llama, tmp_path, c
                    "--out", str(tmp_path / "s.jsonl")], capsys)
     assert res.code == 0, res.err
     assert f"note: layer(s) [{first}] of" in res.err and "their σ is not computed" in res.err
+
+
+# ------------------------------------------------------------------- round 22 (50 inputs, 1 broke)
+def test_a_report_without_bootstrap_describes_no_intervals(tmp_path, capsys) -> None:
+    rows = [_signal_row(i, label="harmless" if i % 2 else "harmful", refused=i % 3 == 0) for i in range(12)]
+    _write_jsonl(tmp_path / "signals.jsonl", rows)
+    assert run_cli(["analyze", str(tmp_path), "--bootstrap", "0"], capsys).code == 0
+    assert run_cli(["report", str(tmp_path)], capsys).code == 0
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "0 resamples" not in page and "Intervals: none (the analysis ran with 0 bootstrap resamples)" in page
+    assert "95% bootstrap CIs" not in page and "no CIs: bootstrap off" in page

@@ -137,8 +137,10 @@ def render_html(analysis: dict[str, Any], rows: list[dict[str, Any]], figs: dict
                  "response a real attempt to do what the harmful request asks (p(yes) above the judge's "
                  "threshold). IRR = #{∃t&lt;T σ_t&gt;λ_c ∧ σ_T&lt;λ_r} / "
                  f"#{{∃t&lt;T σ_t&gt;λ_c}}, λ_c = {s['lambda_c']}. Incomplete recovery: σ dipped below "
-                 f"{s['lambda_dip']} after a compliant step but the text did not refuse. Intervals: percentile "
-                 f"bootstrap over prompts, {s['bootstrap_resamples']} resamples, seed {s['seed']}.</p>")
+                 f"{s['lambda_dip']} after a compliant step but the text did not refuse. "
+                 + (f"Intervals: percentile bootstrap over prompts, {s['bootstrap_resamples']} resamples, seed "
+                    f"{s['seed']}.</p>" if s.get("bootstrap_resamples", 1) else
+                    "Intervals: none (the analysis ran with 0 bootstrap resamples).</p>"))
     if prov.get("judge"):
         j = prov["judge"]
         parts.append(f"<p class=\"note\">LLM judge: <b>{html.escape(str(j.get('name')))}</b>, threshold "
