@@ -1490,3 +1490,28 @@ def test_a_report_without_bootstrap_describes_no_intervals(tmp_path, capsys) -> 
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "0 resamples" not in page and "Intervals: none (the analysis ran with 0 bootstrap resamples)" in page
     assert "95% bootstrap CIs" not in page and "no CIs: bootstrap off" in page
+
+
+# ------------------------------------------------------------------- round 23 (50 inputs, 1 broke)
+def test_anchors_refuse_rows_whose_own_label_contradicts_their_side(tiny_llama, tmp_path, capsys) -> None:
+    """A harmless trace folder resumed with harmful prompts (allowed: a folder may grow) must not give them to
+    the harmless anchor as "answered harmless"."""
+    from sri.data.prompts import PromptRecord
+    from sri.sampling import ARConfig
+    from sri.signal import fit_anchors
+    from sri.tracing.tracer import trace_prompts
+
+    def traced(folder: str, label: str, prefix: str) -> Path:
+        trace_prompts(tiny_llama, [PromptRecord(f"{prefix}{i}", f"{prefix} prompt {i}", label, "t") for i in range(2)],
+                      tmp_path / folder, sampler=ARConfig(steps=2), progress=False)
+        return tmp_path / folder
+
+    ok, bad = traced("ok", "harmless", "ok"), traced("bad", "harmful", "bad")
+    traced("ok", "harmful", "adv")  # the same folder grows by harmful rows
+    res = run_cli(["anchors", "--harmless", str(ok), "--harmful", str(bad), "--out", str(tmp_path / "a.safetensors")],
+                  capsys)
+    assert_one_line_error(res, "given as the harmless traces, holds prompt 'adv0' labelled 'harmful'; a harmless "
+                               "anchor is fitted on harmless prompts only")
+    assert not (tmp_path / "a.safetensors").exists()
+    with pytest.raises(SriError, match="given as the harmful traces, holds prompt 'hx0' labelled 'harmless'"):
+        fit_anchors(traced("u", "unlabelled", "u"), traced("hx", "harmless", "hx"))

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .errors import IncompatibleError, SriError
+from .errors import IncompatibleError, SriError, clip
 from .io import atomic_path, check_output_file, write_json
 from .judges.keyword import is_refusal, text_step_signal
 from .tracing.store import KEY_FIELDS, TraceStore, check_compatible
@@ -190,6 +190,13 @@ def fit_anchors(harmless: TraceStore | str | Path, harmful: TraceStore | str | P
                                 "the same --layers")
     rows_ok, states_ok = harmless.load(layers)
     rows_bad, states_bad = harmful.load(layers)
+    for rows, store, side, contrary in ((rows_ok, harmless, "harmless", {"harmful", "jailbreak"}),
+                                        (rows_bad, harmful, "harmful", {"harmless"})):
+        clash = next((r for r in rows if str(r.get("label", "")).strip().lower() in contrary), None)
+        if clash is not None:  # a folder resumed with another prompt set: its rows say what they are
+            raise SriError(f"{store.folder}, given as the {side} traces, holds prompt {clip(clash['id'])} labelled "
+                           f"{clip(clash['label'])}; a {side} anchor is fitted on {side} prompts only — trace them "
+                           "into a folder of their own")
     keep_ok = torch.tensor([not judge(r["response"]) for r in rows_ok])
     keep_bad = torch.tensor([judge(r["response"]) for r in rows_bad])
     if not keep_ok.any():
