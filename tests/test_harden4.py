@@ -1490,6 +1490,8 @@ def test_a_report_without_bootstrap_describes_no_intervals(tmp_path, capsys) -> 
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "0 resamples" not in page and "Intervals: none (the analysis ran with 0 bootstrap resamples)" in page
     assert "95% bootstrap CIs" not in page and "no CIs: bootstrap off" in page
+    # no provenance.json: the provenance is read from the signals' key (round 24's weak point)
+    assert "the signals&#x27; compatibility key" in page and "&quot;layer&quot;: 2" in page
 
 
 # ------------------------------------------------------------------- round 23 (50 inputs, 1 broke)

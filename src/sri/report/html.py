@@ -211,8 +211,13 @@ def build_report(run_dir: str | Path, panels: int = 4) -> Path:
     config = run_dir / "config.yaml"
     prov = run_dir / "provenance.json"
     cal = run_dir / "judge-calibration.json"
+    # a folder made by hand (`sri signal` output + `sri analyze`) has no provenance.json: its signals' key says
+    # which model, sampler, layer and anchors made them (one key per file, checked when read)
+    provenance = read_json(prov) if prov.is_file() else {
+        "from": "the signals' compatibility key (no provenance.json in the folder)",
+        "signal_key": rows[0].get("key") if rows else None}
     text = render_html(analysis, rows, figs, config_text=read_text(config) if config.is_file()
-                       else None, provenance=read_json(prov) if prov.is_file() else None,
+                       else None, provenance=provenance,
                        calibration=read_json(cal) if cal.is_file() else None,
                        title=f"sri report — {run_dir.name}")
     out = run_dir / "report.html"
