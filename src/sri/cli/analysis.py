@@ -239,12 +239,12 @@ def judge_calibrate(
 
 # ----------------------------------------------------------------------------------------------- analysis
 def _resamples(value: int) -> int:
-    """``--bootstrap``: 0, or a count a 95% percentile interval can be read from (see ``check_settings``)."""
-    from ..stats.recovery import check_settings
+    """``--bootstrap``: 0, or a count a 95% percentile interval can be read from (see ``check_resamples``)."""
+    from ..stats.recovery import check_resamples
 
     in_range(0, MAX_RESAMPLES)(value)
     try:
-        check_settings(0.5, [0.5], 0.5, value)
+        check_resamples(value)
     except SriError as e:
         raise typer.BadParameter(str(e)) from None
     return value

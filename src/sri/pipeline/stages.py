@@ -144,12 +144,9 @@ def write_prompt_sets(run: Run, sets: dict[str, list[PromptRecord]]) -> None:
             continue
         saved = read_jsonl(path)
         if saved != rows:
-            old = {r.get("id"): r.get("prompt") for r in saved}
-            new = {r["id"]: r["prompt"] for r in rows}
-            changed = next((i for i in [*new, *old] if old.get(i) != new.get(i)), "?")
             raise SriError(f"prompt set {name} is not the one this run started with (first change: id "
-                           f"{changed!r}); its prompt file was edited since — restore it to resume {run.dir}, or "
-                           "use another --out folder")
+                           f"{_first_changed_id(saved, rows)!r}); its prompt file was edited since — restore it to "
+                           f"resume {run.dir}, or use another --out folder")
     for path, rows in todo.items():
         write_jsonl(path, rows)
 
@@ -224,10 +221,13 @@ def _check_attack_file(run: Run, name: str, path: Path, behaviours: list[PromptR
 def _same_rows(path: Path, rows: list[dict[str, Any]], what: str, trace_set: str) -> None:
     saved, rows = read_jsonl(path), json.loads(json.dumps(rows))
     if saved != rows:
-        old = {r.get("id"): r for r in saved}
-        new = {r["id"]: r for r in rows}
-        first = next((i for i in [*new, *old] if old.get(i) != new.get(i)), "?")
-        raise _edited(path, trace_set, f"it is not {what} (first difference: id {first!r})")
+        raise _edited(path, trace_set, f"it is not {what} (first difference: id {_first_changed_id(saved, rows)!r})")
+
+
+def _first_changed_id(saved: list[dict[str, Any]], rows: list[dict[str, Any]]) -> Any:
+    """The first id (in ``rows`` order, then ``saved``'s) whose row differs between two versions of a file."""
+    old, new = {r.get("id"): r for r in saved}, {r.get("id"): r for r in rows}
+    return next((i for i in [*new, *old] if old.get(i) != new.get(i)), "?")
 
 
 def _edited(path: Path, trace_set: str, problem: str) -> SriError:

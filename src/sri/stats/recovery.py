@@ -177,9 +177,7 @@ def lda_projection(signals: Sequence[Sequence[float]] | np.ndarray, labels: Sequ
 def check_settings(lambda_c: float, lambda_r: Sequence[float], lambda_dip: float, resamples: int) -> None:
     """The analysis settings the CLI and the run config allow (one-line :class:`SriError` otherwise): every λ
     strictly inside (0, 1), λ_r non-empty and distinct as written in the results (``f"{λ:g}"``), resamples 0 (no
-    intervals) or in [MIN_RESAMPLES, MAX_RESAMPLES]."""
-    from .bootstrap import MAX_RESAMPLES, MIN_RESAMPLES
-
+    intervals) or in [MIN_RESAMPLES, MAX_RESAMPLES] (:func:`check_resamples`)."""
     for name, value in (("lambda_c", lambda_c), ("lambda_dip", lambda_dip), *(("lambda_r", v) for v in lambda_r)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
             raise SriError(f"{name} must be a number strictly between 0 and 1 (got {value!r})")
@@ -193,6 +191,13 @@ def check_settings(lambda_c: float, lambda_r: Sequence[float], lambda_dip: float
     if above:  # "recovered" = fell below λ_r after having been above λ_c: a λ_r above λ_c counts compliant states
         raise SriError(f"lambda_r {above[0]:g} is above lambda_c {lambda_c:g}; a recovery threshold must not exceed "
                        "the compliance threshold (e.g. lambda_c 0.5 with lambda_r 0.5 0.3 0.1)")
+    check_resamples(resamples)
+
+
+def check_resamples(resamples: int) -> None:
+    """Bootstrap resamples: 0 (no intervals) or in [MIN_RESAMPLES, MAX_RESAMPLES]; one-line :class:`SriError`."""
+    from .bootstrap import MAX_RESAMPLES, MIN_RESAMPLES
+
     if isinstance(resamples, bool) or not isinstance(resamples, int) or not 0 <= resamples <= MAX_RESAMPLES:
         raise SriError(f"resamples must be a whole number in [0, {MAX_RESAMPLES}] (got {resamples!r})")
     if 0 < resamples < MIN_RESAMPLES:
